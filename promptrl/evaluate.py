@@ -1,0 +1,77 @@
+"""`promptrl eval`: score given prompts (or the task's manual and empty prompts) on dev and test."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from promptrl.errors import UserError
+from promptrl.scoring import Scorer, build_scorer
+from promptrl.tasks import Task, load_task
+from promptrl.tracking import print_table, run_dir, save_run_info, write_json
+
+log = logging.getLogger(__name__)
+
+
+def prompts_to_evaluate(cfg: DictConfig, task: Task) -> dict[str, str]:
+    if cfg.prompt is not None and cfg.prompt_file is not None:
+        raise UserError("give either prompt= or prompt_file=, not both")
+    if cfg.prompt is not None:
+        return {"given": str(cfg.prompt)}
+    if cfg.prompt_file is not None:
+        path = Path(cfg.prompt_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"prompt_file {str(path)!r} does not exist")
+        text = path.read_text(encoding="utf-8").strip()
+        if not text:
+            raise UserError(f"prompt_file {str(path)!r} is empty; expected the prompt text")
+        return {"given": text}
+    return {"manual": task.manual_prompt, "empty": ""}
+
+
+def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str]) -> list[dict]:
+    """Dev and test accuracy of each prompt; one batched scoring call per split."""
+    dev = scorer.score(prompts, task.dev)
+    test = scorer.score(prompts, task.test)
+    return [
+        {"prompt": p, "dev_accuracy": dev.accuracy[i].item(), "dev_margin": dev.margin[i].item(),
+         "test_accuracy": test.accuracy[i].item(), "test_margin": test.margin[i].item()}
+        for i, p in enumerate(prompts)
+    ]
+
+
+def run_eval(cfg: DictConfig) -> dict:
+    start = time.time()
+    out = run_dir()
+    save_run_info(out, cfg)
+    torch.manual_seed(cfg.seed)
+    task = load_task(cfg.task, cfg.seed)
+    named = prompts_to_evaluate(cfg, task)
+    scorer = build_scorer(cfg.target, task, cfg.cache_dir)
+    rows = evaluate_prompts(scorer, task, list(named.values()))
+    by_name = dict(zip(named, rows))
+    first = rows[0]
+    results = {
+        "task": task.name, "target": cfg.target.name, "algo": "eval", "seed": cfg.seed,
+        "prompt": first["prompt"], "dev_accuracy": first["dev_accuracy"], "test_accuracy": first["test_accuracy"],
+        "n_dev": len(task.dev), "n_test": len(task.test), "data": task.source,
+        "template": task.template, "label_words": task.label_words,
+        "prompts": [{"name": n, **r} for n, r in by_name.items()],
+        "target_calls": scorer.calls, "target_tokens": scorer.tokens, "wall_time_s": time.time() - start,
+    }
+    for name in ("manual", "empty"):
+        if name in by_name:
+            results[f"{name}_test_accuracy"] = by_name[name]["test_accuracy"]
+            results[f"{name}_dev_accuracy"] = by_name[name]["dev_accuracy"]
+    write_json(out / "results.json", results)
+    print_table(
+        f"{task.name} on {cfg.target.name} (dev {len(task.dev)}, test {len(task.test)})",
+        ["prompt", "text", "dev acc", "test acc", "test margin"],
+        [[n, r["prompt"][:80] or "(empty)", r["dev_accuracy"], r["test_accuracy"], r["test_margin"]] for n, r in by_name.items()],
+    )
+    log.info("results written to %s", out / "results.json")
+    return results

