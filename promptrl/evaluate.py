@@ -75,3 +75,30 @@ def run_eval(cfg: DictConfig) -> dict:
     )
     log.info("results written to %s", out / "results.json")
     return results
+
+
+def final_evaluation(scorer: Scorer, task: Task, queue: list[dict]) -> dict:
+    """Score the queued prompts (and the manual and empty prompts) on dev and test.
+
+    The headline `test_accuracy` belongs to the queued prompt with the best *dev* accuracy (ties:
+    dev margin, then training reward), so selection never sees test. `paper_test_accuracy` is the
+    paper's protocol, the max over the queue on test, reported under its own name.
+    """
+    queued = [q["prompt"] for q in queue]
+    extra = [task.manual_prompt, ""]
+    rows = evaluate_prompts(scorer, task, queued + extra)
+    for row, q in zip(rows, queue):
+        row["train_reward"] = q.get("reward")
+        row["step"] = q.get("step")
+    queue_rows, (manual, empty) = rows[:len(queued)], rows[len(queued):]
+    out = {
+        "manual_test_accuracy": manual["test_accuracy"], "manual_dev_accuracy": manual["dev_accuracy"],
+        "empty_test_accuracy": empty["test_accuracy"], "empty_dev_accuracy": empty["dev_accuracy"],
+        "queue": queue_rows, "n_dev": len(task.dev), "n_test": len(task.test),
+    }
+    if queue_rows:
+        best = max(queue_rows, key=lambda r: (r["dev_accuracy"], r["dev_margin"], r["train_reward"] or 0.0))
+        out.update(best_prompt=best["prompt"], prompt=best["prompt"], dev_accuracy=best["dev_accuracy"],
+                   test_accuracy=best["test_accuracy"],
+                   paper_test_accuracy=max(r["test_accuracy"] for r in queue_rows))
+    return out

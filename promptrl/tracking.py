@@ -93,3 +93,56 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     for r in rows:
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
     Console().print(table)
+
+
+class Tracker:
+    """Metrics rows to <run_dir>/metrics.jsonl (one JSON object per line, each with `step`),
+    mirrored to wandb when enabled. On resume the file is cut back to the checkpoint's step so
+    no row is duplicated or lost."""
+
+    def __init__(self, directory: Path, logger_cfg, config: dict | None = None, resume_step: int | None = None):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [l for l in self.path.read_text().splitlines() if l.strip() and _row_step(l) is not None and _row_step(l) <= resume_step]
+            atomic_write_text(self.path, "".join(l + "\n" for l in kept))
+        elif resume_step is None:
+            self.path.unlink(missing_ok=True)
+        self.wandb = None
+        if logger_cfg.wandb:
+            self.wandb = _init_wandb(directory, logger_cfg, config or {})
+
+    def log(self, row: dict) -> None:
+        row = _jsonable(row)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}, step=row["step"])
+
+    def summary(self, results: dict) -> None:
+        if self.wandb is not None:
+            self.wandb.summary.update({k: v for k, v in _jsonable(results).items() if isinstance(v, (int, float, str))})
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return json.loads(line).get("step")
+    except json.JSONDecodeError:  # a half-written last line from a kill
+        return None
+
+
+def _init_wandb(directory: Path, cfg, config: dict):
+    import wandb
+
+    kwargs = dict(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+                  dir=str(directory), config=redact(config), name=directory.name, resume="allow",
+                  id=re.sub(r"[^A-Za-z0-9_-]", "-", str(directory.resolve()))[-64:])
+    try:
+        return wandb.init(mode=cfg.mode, **kwargs)
+    except Exception as e:  # unreachable server, bad key: keep the run, log offline
+        log.warning("wandb init failed (%s); logging offline in %s", str(e).splitlines()[0][:200], directory)
+        return wandb.init(mode="offline", **kwargs)

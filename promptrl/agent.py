@@ -1,0 +1,173 @@
+"""The prompt-writing agent: a frozen instruct LLM with two LoRA adapters and two value heads.
+
+`policy` is trained; `anchor` is APPO's KL reference. Both live on the same frozen base, so the
+anchor costs a few MB, and "anchor <- policy" or "policy <- anchor" is a real copy of weights
+(the authors' code aliased Python objects instead, REFERENCE §4.2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+
+from promptrl.errors import UserError
+from promptrl.tasks import Example, Task
+
+log = logging.getLogger(__name__)
+
+POLICY, ANCHOR, BASE = "policy", "anchor", "base"
+
+
+@dataclass
+class Samples:
+    query: torch.Tensor  # [Q] query token ids (shared by every sample)
+    responses: torch.Tensor  # [B, T] sampled ids, padded after the first EOS
+    mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
+    prompts: list[str]  # decoded instructions
+
+
+def build_query_text(tokenizer, meta_prompt: str, demos: str, prefix: str, no_chat_template: str) -> str:
+    """Meta-prompt + demonstrations as the user turn, and an *open* assistant turn that already
+    holds the instruction prefix, so the agent continues it (REFERENCE §2.3, intended form)."""
+    user = f"{meta_prompt.rstrip()}\n\n{demos.rstrip()}"
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}, {"role": "assistant", "content": prefix}],
+            tokenize=False, continue_final_message=True,
+        )
+    if no_chat_template == "plain":
+        return f"{user}\n\n{prefix}"
+    raise UserError(
+        "the agent's tokenizer has no chat template; use an instruct model, or set "
+        "agent.no_chat_template=plain to send the meta-prompt as plain text"
+    )
+
+
+def format_demos(task: Task, examples: list[Example]) -> str:
+    return "".join(f"Input: {ex.text}\nOutput: {task.demo_output(ex)}\n\n" for ex in examples)
+
+
+def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 on every token up to and including the first EOS, 0 after it."""
+    is_eos = torch.isin(responses, torch.tensor(eos_ids, device=responses.device))
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return (~after_eos).float()
+
+
+class Agent(nn.Module):
+    def __init__(self, base_model, tokenizer, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+                 target_modules=None, max_new_tokens=100, no_chat_template="error"):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.no_chat_template = no_chat_template
+        lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
+                          task_type="CAUSAL_LM", target_modules=list(target_modules) if target_modules else None)
+        self.model = get_peft_model(base_model, lora, adapter_name=POLICY)
+        self.model.add_adapter(ANCHOR, lora)
+        hidden = base_model.config.hidden_size
+        self.value_heads = nn.ModuleDict({POLICY: nn.Linear(hidden, 1), ANCHOR: nn.Linear(hidden, 1)})
+        self.model.set_adapter(POLICY)
+        self.copy(POLICY, ANCHOR)  # the anchor starts as the initial agent
+        gen = getattr(base_model, "generation_config", None)
+        eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+
+    # --- adapters -------------------------------------------------------------------------
+    def lora_params(self, adapter: str) -> dict[str, nn.Parameter]:
+        tag = f".{adapter}."
+        return {n.replace(tag, ".{}."): p for n, p in self.model.named_parameters() if "lora_" in n and tag in n}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.lora_params(POLICY).values()) + list(self.value_heads[POLICY].parameters())
+
+    @torch.no_grad()
+    def copy(self, src: str, dst: str) -> None:
+        """dst adapter and value head <- src (a weight copy, not an alias)."""
+        dst_params = self.lora_params(dst)
+        for key, p in self.lora_params(src).items():
+            dst_params[key].copy_(p)
+        self.value_heads[dst].load_state_dict(self.value_heads[src].state_dict())
+
+    @contextlib.contextmanager
+    def using(self, adapter: str):
+        """Run the model as `policy`, `anchor`, or `base` (adapters off)."""
+        if adapter == BASE:
+            with self.model.disable_adapter():
+                yield
+            return
+        self.model.set_adapter(adapter)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(POLICY)
+            # set_adapter marks the active adapter trainable; the anchor must never be.
+            for p in self.lora_params(ANCHOR).values():
+                p.requires_grad_(False)
+
+    # --- acting ----------------------------------------------------------------------------
+    def query_ids(self, meta_prompt: str, demos: str, prefix: str) -> torch.Tensor:
+        text = build_query_text(self.tokenizer, meta_prompt, demos, prefix, self.no_chat_template)
+        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def sample(self, query: torch.Tensor, n: int, adapter: str = POLICY) -> Samples:
+        """n instructions by ancestral sampling at temperature 1 (top-k and top-p off)."""
+        device = self.device
+        inputs = query.to(device).unsqueeze(0).expand(n, -1)
+        was_training = self.model.training
+        self.model.eval()  # no LoRA dropout while acting
+        with self.using(adapter):
+            out = self.model.generate(
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, temperature=1.0,
+                top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids,
+            )
+        self.model.train(was_training)
+        responses = out[:, query.shape[0]:].cpu()
+        if responses.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, but keep shapes sane
+            responses = torch.full((n, 1), self.eos_ids[0])
+        mask = response_mask(responses, self.eos_ids)
+        responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.pad_id))
+        prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
+        return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts)
+
+    def decode(self, response: torch.Tensor, mask: torch.Tensor) -> str:
+        ids = [t for t, m in zip(response.tolist(), mask.tolist()) if m and t not in self.eos_ids]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def evaluate_actions(self, query: torch.Tensor, responses: torch.Tensor, adapter: str = POLICY,
+                         with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-prob of each response token under `adapter`, and the value of the state before it."""
+        device = self.device
+        B, T = responses.shape
+        responses = responses.to(device)
+        with self.using(adapter):
+            base = self.model.get_base_model()
+            decoder = base.get_decoder()
+            # The query is shared by all B responses: run it once and give every response a
+            # copy of its KV cache (gradients flow through the copies into the query pass).
+            # Same result as B full sequences, at a fraction of the tokens.
+            prefix = decoder(input_ids=query.to(device).unsqueeze(0), use_cache=True)
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(B)
+            states = prefix.last_hidden_state[:, -1:].expand(B, -1, -1)
+            if T > 1:
+                rest = decoder(input_ids=responses[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+                states = torch.cat([states, rest], dim=1)
+            # Only the states that choose response tokens go through the (large) output layer.
+            logits = base.get_output_embeddings()(states).float()
+            logp = torch.log_softmax(logits, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            head = self.value_heads[POLICY if adapter == BASE else adapter]
+            values = head(states.float()).squeeze(-1) if with_values else None
+        return logp, values

@@ -1,0 +1,1 @@
+"""Prompt optimisers behind one interface: `Trainer(cfg, task, scorer, agent, out_dir).run()`."""

@@ -1,0 +1,263 @@
+"""StablePrompt's training loop: PPO on the agent's prompts, KL-anchored (APPO) or not (PPO).
+
+One step: draw k demonstrations from dev, build the meta-prompt query, sample P instructions
+from the policy, score them on a train batch (one batched target call), reward = c_a*acc +
+c_s*margin, then PPO-update the policy adapter and value head with a per-token KL penalty
+against the reference `algo.reference` names:
+
+  anchor    APPO: the anchor adapter, moved by the dev comparison every update_term epochs
+  base      RLHF-style PPO: the base model with adapters off
+  previous  original PPO: the anchor, copied from the policy every update_term epochs
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from promptrl.agent import ANCHOR, BASE, POLICY, Agent, Samples, format_demos
+from promptrl.algos import ppo_math as pm
+from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
+from promptrl.errors import UserError
+from promptrl.prompt_queue import PromptQueue
+from promptrl.scoring import Scorer
+from promptrl.tasks import Task
+from promptrl.tracking import Tracker
+
+log = logging.getLogger(__name__)
+REFERENCES = ("anchor", "base", "previous")
+
+
+def validate(cfg) -> None:
+    checks = [
+        (cfg.reference in REFERENCES, f"algo.reference={cfg.reference!r}; expected one of: {', '.join(REFERENCES)}"),
+        (cfg.update_term >= 1, f"algo.update_term={cfg.update_term}; expected an integer >= 1 (epochs between anchor checks)"),
+        (cfg.update_threshold >= 0, f"algo.update_threshold={cfg.update_threshold}; expected >= 0"),
+        (cfg.rollback_threshold >= 0, f"algo.rollback_threshold={cfg.rollback_threshold}; expected >= 0"),
+        (cfg.prompts_per_step >= 2, f"algo.prompts_per_step={cfg.prompts_per_step}; expected >= 2 (advantages need a spread)"),
+        (cfg.epochs >= 1, f"algo.epochs={cfg.epochs}; expected >= 1"),
+        (cfg.batch_size >= 1, f"algo.batch_size={cfg.batch_size}; expected >= 1"),
+        (cfg.num_demos >= 1, f"algo.num_demos={cfg.num_demos}; expected >= 1"),
+        (cfg.ppo_epochs >= 1, f"algo.ppo_epochs={cfg.ppo_epochs}; expected >= 1"),
+        (1 <= cfg.mini_batch_size, f"algo.mini_batch_size={cfg.mini_batch_size}; expected >= 1"),
+        (cfg.learning_rate > 0, f"algo.learning_rate={cfg.learning_rate}; expected > 0"),
+        (cfg.anchor_eval_prompts >= 1, f"algo.anchor_eval_prompts={cfg.anchor_eval_prompts}; expected >= 1"),
+        (cfg.queue_size >= 1, f"algo.queue_size={cfg.queue_size}; expected >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+class APPOTrainer:
+    def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent, out_dir: Path,
+                 tracker: Tracker | None = None, seed: int = 0, checkpoint_every: int = 0,
+                 budget_calls: int | None = None, progress: bool = False):
+        validate(cfg)
+        self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
+        self.out_dir = out_dir
+        self.tracker = tracker
+        self.seed = seed
+        self.checkpoint_every = checkpoint_every
+        self.budget_calls = budget_calls
+        self.progress = progress
+        self.rng = random.Random(seed)  # demonstrations and batch order
+        self.optimizer = torch.optim.Adam(agent.trainable_parameters(), lr=cfg.learning_rate)
+        self.kl_ctl = pm.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.adaptive_kl)
+        self.queue = PromptQueue(cfg.queue_size)
+        self.step = 0  # PPO steps done
+        self.epoch = 0  # epochs finished
+        self.batch_in_epoch = 0  # steps done inside the current epoch
+        self.elapsed = 0.0  # wall time of earlier sessions of this run
+        self.anchor_history: list[dict] = []
+
+    # --- one PPO step ----------------------------------------------------------------------
+    def make_query(self) -> torch.Tensor:
+        demos = self.rng.sample(self.task.dev, min(self.cfg.num_demos, len(self.task.dev)))
+        return self.agent.query_ids(self.cfg.meta_prompt, format_demos(self.task, demos), self.cfg.instruction_prefix)
+
+    def reward(self, prompts: list[str], batch) -> tuple[torch.Tensor, dict]:
+        scores = self.scorer.score(prompts, batch)
+        acc, margin = scores.accuracy, scores.margin
+        return self.cfg.reward_acc_coef * acc + self.cfg.reward_margin_coef * margin, {"acc": acc, "margin": margin}
+
+    def ppo_step(self, batch) -> dict:
+        t0 = time.time()
+        query = self.make_query()
+        samples = self.agent.sample(query, self.cfg.prompts_per_step, POLICY)
+        t1 = time.time()
+        rewards, parts = self.reward(samples.prompts, batch)
+        t2 = time.time()
+        row = {"prompts": samples.prompts, "reward_mean": rewards.mean(), "reward_max": rewards.max(),
+               "acc_mean": parts["acc"].mean(), "acc_max": parts["acc"].max(), "margin_mean": parts["margin"].mean(),
+               "response_len": samples.mask.sum(-1).mean()}
+        if not torch.isfinite(rewards).all():
+            log.warning("step %d: non-finite reward %s; step skipped", self.step, rewards.tolist())
+            return {**row, "skipped": "non-finite reward"}
+        for prompt, r in zip(samples.prompts, rewards.tolist()):
+            self.queue.offer(prompt, r, self.step)
+        row.update(self.update(samples, rewards))
+        row.update(time_generate=t1 - t0, time_score=t2 - t1, time_update=time.time() - t2)
+        return row
+
+    def reference_adapter(self) -> str:
+        return BASE if self.cfg.reference == "base" else ANCHOR
+
+    def update(self, samples: Samples, scores: torch.Tensor) -> dict:
+        cfg, agent = self.cfg, self.agent
+        query, responses, mask = samples.query, samples.responses, samples.mask
+        with torch.no_grad():
+            agent.model.eval()
+            old_logp, old_values = agent.evaluate_actions(query, responses, POLICY)
+            ref_logp, _ = agent.evaluate_actions(query, responses, self.reference_adapter(), with_values=False)
+            mask = mask.to(old_logp.device)
+            rewards, kl = pm.kl_penalized_rewards(scores.to(old_logp.device), old_logp, ref_logp, mask, self.kl_ctl.value)
+            advantages, returns = pm.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = pm.masked_whiten(advantages, mask)
+        agent.model.train()
+        stats: dict[str, list[float]] = {}
+        n = responses.shape[0]
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n)
+            for start in range(0, n, cfg.mini_batch_size):
+                idx = order[start:start + cfg.mini_batch_size]
+                logp, values = agent.evaluate_actions(query, responses[idx], POLICY)
+                pl, pstats = pm.policy_loss(logp, old_logp[idx], advantages[idx], mask[idx], cfg.cliprange)
+                vl, vstats = pm.value_loss(values, old_values[idx], returns[idx], mask[idx], cfg.cliprange_value)
+                loss = pl + cfg.vf_coef * vl
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(agent.trainable_parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+                for k, v in {"policy_loss": pl, "value_loss": vl, **pstats, **vstats}.items():
+                    stats.setdefault(k, []).append(float(v.detach()))
+        agent.model.eval()
+        mean_kl = float(kl.sum(-1).mean())  # sequence-level KL to the reference
+        self.kl_ctl.update(mean_kl, n)
+        return {**{k: sum(v) / len(v) for k, v in stats.items()}, "kl": mean_kl, "kl_coef": self.kl_ctl.value,
+                "explained_variance": pm.explained_variance(old_values, returns, mask)}
+
+    # --- the anchor ------------------------------------------------------------------------
+    def anchor_check(self) -> dict:
+        cfg = self.cfg
+        if cfg.reference == "base":
+            return {}
+        if cfg.reference == "previous":
+            self.agent.copy(POLICY, ANCHOR)
+            return {"anchor": "update"}
+        query = self.make_query()
+        n = cfg.anchor_eval_prompts
+        policy = self.agent.sample(query, n, POLICY)
+        anchor = self.agent.sample(query, n, ANCHOR)
+        acc = self.scorer.score(policy.prompts + anchor.prompts, self.task.dev).accuracy
+        policy_acc, anchor_acc = acc[:n].mean().item(), acc[n:].mean().item()
+        diff = policy_acc - anchor_acc
+        if diff > cfg.update_threshold:
+            decision = "update"
+            self.agent.copy(POLICY, ANCHOR)
+        elif diff < -cfg.rollback_threshold:
+            decision = "rollback"
+            self.agent.copy(ANCHOR, POLICY)
+            self.optimizer.state.clear()  # Adam moments belong to the weights just discarded
+        else:
+            decision = "keep"
+        log.info("epoch %d anchor check: policy %.3f anchor %.3f -> %s", self.epoch, policy_acc, anchor_acc, decision)
+        return {"anchor": decision, "policy_dev_acc": policy_acc, "anchor_dev_acc": anchor_acc, "diff": diff}
+
+    # --- the loop ----------------------------------------------------------------------------
+    def epoch_batches(self, epoch: int) -> list[list]:
+        order = list(self.task.train)
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        bs = self.cfg.batch_size
+        return [order[i:i + bs] for i in range(0, len(order), bs)]
+
+    def budget_spent(self) -> bool:
+        return self.budget_calls is not None and self.scorer.calls >= self.budget_calls
+
+    def run(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        start = time.time()
+        total = self.cfg.epochs * len(self.epoch_batches(0))
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}")]
+        with Progress(*columns, disable=not self.progress) as bar:
+            job = bar.add_task(f"{self.cfg.name} {self.task.name}", total=total, completed=self.step, info="")
+            while self.epoch < self.cfg.epochs and not self.budget_spent():
+                batches = self.epoch_batches(self.epoch)
+                batch = batches[self.batch_in_epoch]
+                row = {"step": self.step, "epoch": self.epoch, **self.ppo_step(batch)}
+                self.batch_in_epoch += 1
+                row.update(target_calls=self.scorer.calls, target_tokens=self.scorer.tokens)
+                self.log(row)
+                if self.batch_in_epoch == len(batches):
+                    self.batch_in_epoch = 0
+                    self.epoch += 1
+                    if self.epoch % self.cfg.update_term == 0:
+                        decision = self.anchor_check()
+                        if decision:
+                            decision.update(step=self.step, epoch=self.epoch - 1, target_calls=self.scorer.calls)
+                            self.anchor_history.append(decision)
+                            self.log(decision)
+                self.step += 1
+                bar.update(job, completed=self.step, info=self.progress_info(row))
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.elapsed += time.time() - start
+                    start = time.time()
+                    self.save()
+        self.elapsed += time.time() - start
+
+    def progress_info(self, row: dict) -> str:
+        last_dev = next((a["policy_dev_acc"] for a in reversed(self.anchor_history) if "policy_dev_acc" in a), float("nan"))
+        fmt = lambda k: f"{float(row.get(k, math.nan)):.3f}"
+        return (f"ep {self.epoch} reward {fmt('reward_mean')}/{fmt('reward_max')} "
+                f"dev {last_dev:.3f} kl {fmt('kl')}")
+
+    def log(self, row: dict) -> None:
+        if self.tracker is not None:
+            self.tracker.log(row)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
+            "lora": {n: p.detach().clone() for n, p in self.agent.model.named_parameters() if "lora_" in n},
+            "value_heads": self.agent.value_heads.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value,
+            "queue": self.queue.state_dict(), "anchor_history": list(self.anchor_history),
+            "rng_python": self.rng.getstate(), "rng_torch": torch.get_rng_state(),
+            "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        params = dict(self.agent.model.named_parameters())
+        with torch.no_grad():
+            for n, t in state["lora"].items():
+                params[n].copy_(t)
+        self.agent.value_heads.load_state_dict(state["value_heads"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.queue.load_state_dict(state["queue"])
+        self.anchor_history = list(state["anchor_history"])
+        self.rng.setstate(state["rng_python"])
+        torch.set_rng_state(state["rng_torch"])
+        self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.elapsed = state["elapsed"]
+
+    def save(self) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
+
+    def try_resume(self) -> bool:
+        state = load_latest_checkpoint(self.out_dir / "checkpoints")
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True

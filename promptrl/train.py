@@ -1,0 +1,102 @@
+"""`promptrl train`: build task, target scorer and agent, run the chosen optimiser, evaluate."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from promptrl.agent import Agent
+from promptrl.errors import UserError
+from promptrl.evaluate import final_evaluation
+from promptrl.models import load_model
+from promptrl.scoring import build_scorer
+from promptrl.tasks import load_task
+from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, write_json
+
+log = logging.getLogger(__name__)
+
+
+def resolve_resume(resume: str, outputs: Path = Path("outputs")) -> Path:
+    """`latest` is the newest run directory under outputs/ that holds a checkpoint."""
+    if resume == "latest":
+        runs = sorted((p.parent.parent for p in outputs.glob("**/checkpoints/ckpt-*.pt")), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UserError(f"resume=latest: no run with a checkpoint under {outputs}/")
+        return runs[-1]
+    path = Path(resume).expanduser()
+    if not (path / "checkpoints").is_dir():
+        raise UserError(f"resume={resume!r} is not a run directory with checkpoints/; expected a path or 'latest'")
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_agent(cfg, seed: int) -> Agent:
+    base, tok = load_model(cfg.agent, cfg.cache_dir)
+    seed_everything(seed)  # LoRA and value-head initialisation
+    a = cfg.agent
+    return Agent(base, tok, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                 target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template)
+
+
+def run_train(cfg: DictConfig) -> dict:
+    start = time.time()
+    out = run_dir()
+    if cfg.resume:
+        out = resolve_resume(cfg.resume)
+        saved = OmegaConf.load(out / "config_resolved.yaml")
+        log.info("resuming run %s with its saved config", out)
+        cfg = OmegaConf.merge(saved, {"resume": str(out)})
+    else:
+        save_run_info(out, cfg)
+    if cfg.budget.target_calls is not None and cfg.budget.target_calls <= 0:
+        raise UserError(f"budget.target_calls={cfg.budget.target_calls}; expected a positive number or null")
+    if cfg.checkpoint_every < 0:
+        raise UserError(f"checkpoint_every={cfg.checkpoint_every}; expected >= 0 (0 = never)")
+    trainer_cls = get_class(cfg.algo._target_)
+    seed_everything(cfg.seed)
+    task = load_task(cfg.task, cfg.seed)
+    scorer = build_scorer(cfg.target, task, cfg.cache_dir)
+    agent = build_agent(cfg, cfg.seed)
+    trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                          budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
+    resumed = bool(cfg.resume) and trainer.try_resume()
+    trainer.tracker = Tracker(out, cfg.logger, OmegaConf.to_container(cfg, resolve=True),
+                              resume_step=trainer.step - 1 if resumed else None)
+    if not resumed:
+        seed_everything(cfg.seed)  # sampling starts from the same RNG state for every run of this seed
+    trainer.run()
+    if cfg.checkpoint_every:
+        trainer.save()  # the finished state, so a kill during final evaluation loses no training
+    calls_before_eval = scorer.calls
+    final = final_evaluation(scorer, task, trainer.queue.items)
+    results = {
+        "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
+        "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
+        "label_words": task.label_words, **final,
+        "anchor_decisions": trainer.anchor_history, "steps": trainer.step, "epochs": trainer.epoch,
+        "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
+        "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
+    }
+    write_json(out / "results.json", results)
+    trainer.tracker.summary(results)
+    trainer.tracker.close()
+    print_table(
+        f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}",
+        ["prompt", "dev acc", "test acc"],
+        [[r["prompt"][:100] or "(empty)", r["dev_accuracy"], r["test_accuracy"]] for r in final["queue"]]
+        + [["(manual)", final["manual_dev_accuracy"], final["manual_test_accuracy"]],
+           ["(empty)", final["empty_dev_accuracy"], final["empty_test_accuracy"]]],
+    )
+    log.info("best prompt (dev-selected): %r test %.4f; results in %s", final.get("best_prompt"),
+             final.get("test_accuracy", float("nan")), out / "results.json")
+    return results

@@ -1,0 +1,263 @@
+"""Agent adapters, the anchor logic and the training loop on a tiny random model."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from promptrl.agent import ANCHOR, BASE, POLICY, Agent, build_query_text, response_mask
+from promptrl.algos.appo import APPOTrainer, validate
+from promptrl.config import APPOConfig
+from promptrl.errors import UserError
+from promptrl.scoring import ClassificationScores, Scorer
+from promptrl.scoring.hf import HFScorer
+from promptrl.tasks import Example, Task
+from promptrl.tracking import Tracker
+
+from conftest import make_model, make_tokenizer
+
+TEXTS = ["great movie", "terrible film", "i love it", "boring plot", "fun story", "bad acting", "good", "not good"]
+
+
+def toy_task():
+    ex = [Example(id=f"x/{i}", text=t, label=int(t in ("great movie", "i love it", "fun story", "good"))) for i, t in enumerate(TEXTS)]
+    return Task(name="toy", kind="classification", template="{prompt} input : {input} sentiment :",
+                label_words=[" bad", " good"], metric="accuracy", manual_prompt="classify the sentiment",
+                train=ex, dev=ex, test=ex)
+
+
+def make_agent(seed=0, max_new_tokens=6):
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    return Agent(make_model(len(tok), seed=seed), tok, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                 max_new_tokens=max_new_tokens)
+
+
+def algo_cfg(**over):
+    return OmegaConf.merge(OmegaConf.structured(APPOConfig), {
+        "epochs": 2, "batch_size": 4, "prompts_per_step": 3, "num_demos": 2, "update_term": 1,
+        "learning_rate": 1e-2, "ppo_epochs": 2, "mini_batch_size": 2, "anchor_eval_prompts": 2, **over})
+
+
+class StubScorer(Scorer):
+    """Accuracy 1 for the first (or `last`) `n_good` prompts of each call, 0 for the rest (or NaN)."""
+
+    def __init__(self, task, n_good=0, nan=False, last=False):
+        super().__init__(task, "stub")
+        self.n_good, self.nan, self.last = n_good, nan, last
+
+    def score(self, prompts, examples):
+        labels = torch.tensor([e.label for e in examples])
+        lp = torch.full((len(prompts), len(examples), 2), -5.0)
+        for p in range(len(prompts)):
+            good = (p >= len(prompts) - self.n_good) if self.last else (p < self.n_good)
+            lp[p, torch.arange(len(examples)), labels if good else 1 - labels] = -0.1
+        if self.nan:
+            lp[:] = float("nan")
+        self.calls += len(prompts) * len(examples)
+        return ClassificationScores(label_logprobs=lp, labels=labels)
+
+
+def lora_snapshot(agent, adapter):
+    return {k: v.detach().clone() for k, v in agent.lora_params(adapter).items()}
+
+
+def perturb_policy(agent):
+    with torch.no_grad():
+        for p in agent.lora_params(POLICY).values():
+            p.add_(torch.randn_like(p) * 0.5)
+        agent.value_heads[POLICY].weight.add_(1.0)
+
+
+def test_response_mask_keeps_tokens_up_to_first_eos():
+    r = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8], [2, 9, 9, 9]])
+    assert response_mask(r, [2]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_shared_query_forward_equals_full_sequences():
+    agent = make_agent()
+    perturb_policy(agent)
+    query = agent.query_ids("here are five pairs", "input : great\n", "the instruction was")
+    responses = torch.tensor([[10, 11, 12, 2], [13, 2, 1, 1]])
+    logp, values = agent.evaluate_actions(query, responses, POLICY)
+    ids = torch.cat([query.unsqueeze(0).expand(2, -1), responses], 1)
+    with torch.no_grad():
+        out = agent.model(input_ids=ids, output_hidden_states=True)
+    q = len(query)
+    want = torch.log_softmax(out.logits[:, q - 1:-1].float(), -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
+    want_v = agent.value_heads[POLICY](out.hidden_states[-1][:, q - 1:-1]).squeeze(-1)
+    torch.testing.assert_close(values, want_v, atol=1e-5, rtol=0)
+
+
+def test_query_has_an_open_assistant_turn_and_plain_fallback():
+    tok = make_tokenizer()
+    text = build_query_text(tok, "meta", "input : great", "the instruction was", "error")
+    assert text.endswith("<assistant> the instruction was")
+    tok.chat_template = None
+    with pytest.raises(UserError, match="no chat template.*agent.no_chat_template=plain"):
+        build_query_text(tok, "meta", "demos", "prefix", "error")
+    assert build_query_text(tok, "meta", "demos", "prefix", "plain") == "meta\n\ndemos\n\nprefix"
+
+
+def run_anchor_check(n_good, **cfg_over):
+    task = toy_task()
+    agent = make_agent()
+    trainer = APPOTrainer(algo_cfg(**cfg_over), task, StubScorer(task, n_good=n_good), agent, out_dir=None)
+    perturb_policy(agent)
+    # one optimizer step so Adam has state to reset
+    trainer.optimizer.zero_grad()
+    sum(p.sum() for p in agent.trainable_parameters()).backward()
+    trainer.optimizer.step()
+    before = {POLICY: lora_snapshot(agent, POLICY), ANCHOR: lora_snapshot(agent, ANCHOR),
+              "vh_policy": agent.value_heads[POLICY].weight.detach().clone(),
+              "vh_anchor": agent.value_heads[ANCHOR].weight.detach().clone()}
+    decision = trainer.anchor_check()
+    return trainer, agent, before, decision
+
+
+def test_anchor_update_copies_policy_into_anchor_and_kl_is_zero():
+    trainer, agent, before, decision = run_anchor_check(n_good=2)  # policy prompts right, anchor's wrong
+    assert decision["anchor"] == "update" and decision["policy_dev_acc"] == 1.0 and decision["anchor_dev_acc"] == 0.0
+    for k, v in lora_snapshot(agent, ANCHOR).items():
+        torch.testing.assert_close(v, before[POLICY][k], rtol=0, atol=0)
+        assert not torch.equal(v, before[ANCHOR][k]) or torch.equal(before[POLICY][k], before[ANCHOR][k])
+    for k, v in lora_snapshot(agent, POLICY).items():
+        assert torch.equal(v, before[POLICY][k])
+    assert torch.equal(agent.value_heads[ANCHOR].weight, before["vh_policy"])
+    assert len(trainer.optimizer.state) > 0  # an update keeps the optimizer state
+    query = agent.query_ids("meta", "input : good", "the instruction was")
+    responses = torch.tensor([[10, 11, 12], [13, 14, 2]])
+    with torch.no_grad():
+        lp_policy, _ = agent.evaluate_actions(query, responses, POLICY)
+        lp_anchor, _ = agent.evaluate_actions(query, responses, ANCHOR)
+        lp_base, _ = agent.evaluate_actions(query, responses, BASE)
+    torch.testing.assert_close(lp_policy, lp_anchor, rtol=0, atol=0)
+    assert not torch.allclose(lp_policy, lp_base)  # the anchor is not the base model
+
+
+def test_rollback_restores_policy_from_anchor_and_resets_optimizer():
+    trainer, agent, before, decision = run_anchor_check(n_good=0, rollback_threshold=0.1)
+    assert decision["anchor"] == "keep"  # equal accuracies: nothing happens
+    assert torch.equal(next(iter(lora_snapshot(agent, POLICY).values())), next(iter(before[POLICY].values())))
+
+    trainer.scorer = StubScorer(trainer.task, n_good=2, last=True)  # the anchor's prompts are right
+    decision = trainer.anchor_check()
+    assert decision["anchor"] == "rollback" and decision["diff"] == -1.0
+    for k, v in lora_snapshot(agent, POLICY).items():
+        torch.testing.assert_close(v, before[ANCHOR][k], rtol=0, atol=0)
+    for k, v in lora_snapshot(agent, ANCHOR).items():
+        assert torch.equal(v, before[ANCHOR][k])
+    assert torch.equal(agent.value_heads[POLICY].weight, before["vh_anchor"])
+    assert len(trainer.optimizer.state) == 0
+
+
+def test_previous_reference_always_updates_and_base_never_checks():
+    trainer, agent, before, decision = run_anchor_check(n_good=0, reference="previous")
+    assert decision == {"anchor": "update"}
+    for k, v in lora_snapshot(agent, ANCHOR).items():
+        assert torch.equal(v, before[POLICY][k])
+    trainer, agent, before, decision = run_anchor_check(n_good=2, reference="base")
+    assert decision == {}
+    assert trainer.reference_adapter() == BASE
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"update_term": 0}, r"algo.update_term=0; expected an integer >= 1"),
+    ({"update_threshold": -0.1}, r"algo.update_threshold=-0.1; expected >= 0"),
+    ({"rollback_threshold": -1.0}, r"algo.rollback_threshold=-1.0"),
+    ({"prompts_per_step": 1}, r"algo.prompts_per_step=1; expected >= 2"),
+    ({"reference": "ema"}, r"algo.reference='ema'; expected one of: anchor, base, previous"),
+])
+def test_bad_algo_values(over, message):
+    with pytest.raises(UserError, match=message):
+        validate(algo_cfg(**over))
+
+
+def test_nan_reward_skips_the_step_without_crashing(tmp_path):
+    task = toy_task()
+    agent = make_agent()
+    trainer = APPOTrainer(algo_cfg(epochs=1), task, StubScorer(task, nan=True), agent, tmp_path,
+                          tracker=Tracker(tmp_path, SimpleNamespace(wandb=False)))
+    before = lora_snapshot(agent, POLICY)
+    trainer.run()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "anchor" not in r]
+    assert len(steps) == 2 and all(r["skipped"] == "non-finite reward" for r in steps)
+    assert all(torch.equal(v, before[k]) for k, v in lora_snapshot(agent, POLICY).items())
+    assert trainer.queue.items == []
+
+
+def make_trainer(tmp_path, seed=0, **over):
+    task = toy_task()
+    tok = make_tokenizer()
+    target = HFScorer(make_model(len(tok), seed=123), tok, task, "tiny-target")
+    agent = make_agent(seed)
+    trainer = APPOTrainer(algo_cfg(**over), task, target, agent, tmp_path, seed=seed, checkpoint_every=1)
+    return trainer
+
+
+def start(trainer, tmp_path, resume_step=None):
+    trainer.tracker = Tracker(tmp_path, SimpleNamespace(wandb=False), resume_step=resume_step)
+    return trainer
+
+
+def test_training_updates_the_policy_and_logs_every_step(tmp_path):
+    trainer = make_trainer(tmp_path)
+    torch.manual_seed(0)
+    before = lora_snapshot(trainer.agent, POLICY)
+    start(trainer, tmp_path).run()
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "anchor" not in r]
+    assert [r["step"] for r in steps] == [0, 1, 2, 3]
+    assert {"approx_kl", "clipfrac", "explained_variance", "kl", "reward_mean", "target_calls"} <= set(steps[0])
+    assert len([r for r in rows if "anchor" in r]) == 2  # update_term=1, two epochs
+    assert any(not torch.equal(v, before[k]) for k, v in lora_snapshot(trainer.agent, POLICY).items())
+    assert 1 <= len(trainer.queue.items) <= 5
+    assert trainer.scorer.calls == 4 * 3 * 4 + 2 * 4 * len(TEXTS)  # steps x prompts x batch + anchor checks
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    torch.manual_seed(0)
+    full = start(make_trainer(full_dir), full_dir)
+    full.run()
+
+    torch.manual_seed(0)
+    cut = start(make_trainer(cut_dir), cut_dir)
+    real_step = cut.ppo_step
+    calls = {"n": 0}
+
+    def dying_step(batch):  # "kill" during the fourth step, after three checkpoints
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real_step(batch)
+
+    cut.ppo_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        cut.run()
+    assert sorted(p.name for p in (cut_dir / "checkpoints").glob("*.pt")) == ["ckpt-0000002.pt", "ckpt-0000003.pt"]
+
+    torch.manual_seed(999)  # whatever the process state, resume restores it
+    resumed = make_trainer(cut_dir)
+    assert resumed.try_resume() and resumed.step == 3
+    start(resumed, cut_dir, resume_step=resumed.step - 1).run()
+
+    assert resumed.queue.items == full.queue.items
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    read = lambda d: strip([json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()])
+    assert read(cut_dir) == read(full_dir)
+    for k, v in lora_snapshot(resumed.agent, POLICY).items():
+        torch.testing.assert_close(v, lora_snapshot(full.agent, POLICY)[k], rtol=0, atol=0)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
+    trainer = make_trainer(tmp_path)
+    start(trainer, tmp_path).run()
+    newest = sorted((tmp_path / "checkpoints").glob("*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:100])  # a torn write
+    again = make_trainer(tmp_path)
+    assert again.try_resume() and again.step == 3
