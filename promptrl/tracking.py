@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 PACKAGES = ("promptrl", "torch", "transformers", "peft", "datasets", "hydra-core", "vllm", "wandb")
-SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)", re.IGNORECASE)
+SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)$", re.IGNORECASE)
 
 
 def run_dir() -> Path:

@@ -62,7 +62,10 @@ def run_train(cfg: DictConfig) -> dict:
         raise UserError(f"budget.target_calls={cfg.budget.target_calls}; expected a positive number or null")
     if cfg.checkpoint_every < 0:
         raise UserError(f"checkpoint_every={cfg.checkpoint_every}; expected >= 0 (0 = never)")
-    trainer_cls = get_class(cfg.algo._target_)
+    try:
+        trainer_cls = get_class(cfg.algo._target_)
+    except (ImportError, AttributeError):
+        raise UserError(f"algo={cfg.algo.name!r} is not implemented yet; available now: appo, ppo") from None
     seed_everything(cfg.seed)
     task = load_task(cfg.task, cfg.seed)
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)

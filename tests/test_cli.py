@@ -46,3 +46,8 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
 def test_unknown_command():
     r = promptrl("tune")
     assert r.returncode == 2 and "unknown command 'tune'" in r.stderr
+
+
+def test_algo_without_implementation_is_a_clear_error(tmp_path):
+    r = promptrl("train", "algo=ape", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2 and "algo='ape' is not implemented yet; available now: appo, ppo" in r.stderr

@@ -1,0 +1,47 @@
+"""`promptrl train` end to end on the embedded model, with a schedule small enough for CI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TINY = ["experiment=cpu_demo", "algo.epochs=1", "algo.batch_size=8", "algo.update_term=1", "algo.prompts_per_step=2",
+        "algo.anchor_eval_prompts=2", "algo.ppo_epochs=1", "agent.max_new_tokens=8", "task.max_test_examples=16",
+        "checkpoint_every=1", "logger.progress=false"]
+
+
+def train(shared_data, *args):
+    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
+    return subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_data):
+    run = tmp_path / "run"
+    r = train(shared_data, *TINY, f"hydra.run.dir={run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    for key in ("task", "target", "algo", "seed", "best_prompt", "dev_accuracy", "test_accuracy", "paper_test_accuracy",
+                "manual_test_accuracy", "empty_test_accuracy", "n_test", "target_calls", "target_tokens", "wall_time_s"):
+        assert key in res, key
+    assert res["n_test"] == 16 and res["steps"] == 4 and res["algo"] == "appo"
+    assert res["paper_test_accuracy"] >= res["test_accuracy"]
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "anchor" not in r] == [0, 1, 2, 3]
+    assert [r["anchor"] in ("update", "rollback", "keep") for r in rows if "anchor" in r] == [True]
+    # every step wrote a checkpoint; resuming a finished run trains nothing more and re-evaluates
+    r2 = train(shared_data, f"resume={run}", f"hydra.run.dir={tmp_path / 'resume'}", "logger.progress=false")
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    again = json.loads((run / "results.json").read_text())
+    assert again["queue"] == res["queue"] and again["steps"] == 4
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == len(rows)
+
+
+def test_bad_resume_path_is_one_line(tmp_path, shared_data):
+    r = train(shared_data, "resume=/no/such/run", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2
+    assert "promptrl: error: resume='/no/such/run' is not a run directory with checkpoints/" in r.stderr
