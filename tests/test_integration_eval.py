@@ -26,13 +26,14 @@ def test_packaged_model_loads_from_cache_quickly_with_chat_template(tmp_path):
     assert getattr(model, "hf_quantizer", None) is None
 
 
-def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
+def eval_cli(shared_data, *args):
     env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    r = subprocess.run(
-        [sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", "target=smollm2-135m",
-         "task.max_test_examples=64", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    return subprocess.run([sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", *args],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
+    r = eval_cli(shared_data, "target=smollm2-135m", "task.max_test_examples=64", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["n_test"] == 64 and res["task"] == "sst2" and res["target"] == "smollm2-135m"
@@ -43,11 +44,7 @@ def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
 
 
 def test_real_tokenizer_rejects_multi_token_label_word(tmp_path, shared_data):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    r = subprocess.run(
-        [sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", "task.label_words=[' negative',' superb!!']",
-         "task.max_test_examples=8", f"hydra.run.dir={tmp_path}"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    r = eval_cli(shared_data, "task.label_words=[' negative',' superb!!']", "task.max_test_examples=8",
+                 f"hydra.run.dir={tmp_path}")
     assert r.returncode == 2
     assert "label word ' superb!!' is" in r.stderr and "one token" in r.stderr
