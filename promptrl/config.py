@@ -59,6 +59,8 @@ class TargetConfig(ModelSource):
     backend: str = "hf"  # hf | vllm | server
     # Upper bound on padded tokens in one forward pass of the HF scorer (memory budget).
     batch_tokens: int = 16384
+    # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.
+    prefix_reuse: bool = True
     num_threads: Optional[int] = None
 
 

@@ -3,7 +3,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.scoring import ClassificationScores
-from promptrl.scoring.hf import HFScorer, label_token_ids
+from promptrl.scoring.hf import HFScorer, common_prefix_length, label_token_ids
 from promptrl.tasks import Example, Task
 
 from conftest import make_model, make_tokenizer
@@ -18,14 +18,16 @@ def make_task(texts=TEXTS, template="{prompt} input : {input} sentiment :"):
                 metric="accuracy", manual_prompt="", train=examples, dev=examples, test=examples)
 
 
+@pytest.mark.parametrize("prefix_reuse", [True, False])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("batch_tokens", [10_000, 40])  # one chunk, and many uneven chunks
-def test_batched_scores_equal_one_at_a_time(padding_side, batch_tokens):
+def test_batched_scores_equal_one_at_a_time(padding_side, batch_tokens, prefix_reuse):
     tok = make_tokenizer(padding_side)
     model = make_model(len(tok))
     task = make_task()
-    batched = HFScorer(model, tok, task, "tiny", batch_tokens=batch_tokens).score(PROMPTS, task.test)
-    alone = HFScorer(model, tok, task, "tiny", batch_tokens=10_000)
+    scorer = HFScorer(model, tok, task, "tiny", batch_tokens=batch_tokens, prefix_reuse=prefix_reuse)
+    batched = scorer.score(PROMPTS, task.test)
+    alone = HFScorer(model, tok, task, "tiny", batch_tokens=10_000, prefix_reuse=False)
     assert batched.label_logprobs.shape == (len(PROMPTS), len(TEXTS), 2)
     for p, prompt in enumerate(PROMPTS):
         for n, ex in enumerate(task.test):
@@ -44,6 +46,26 @@ def test_scores_are_the_label_word_logprobs_of_a_plain_forward():
         logp = torch.log_softmax(model(ids).logits[0, -1].float(), -1)
     want = logp[[tok.convert_tokens_to_ids("bad"), tok.convert_tokens_to_ids("good")]]
     torch.testing.assert_close(scores.label_logprobs[0, 0], want, atol=1e-5, rtol=0)
+
+
+def test_common_prefix_leaves_every_sequence_a_token_of_its_own():
+    assert common_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 3, 4, 9]]) == 3
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2
+    assert common_prefix_length([[7, 1], [8, 1]]) == 0
+
+
+def test_prefix_reuse_runs_the_instruction_once_per_prompt():
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    task = make_task()
+    seen = []
+    hook = model.get_decoder().register_forward_hook(lambda m, a, kw, out: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    HFScorer(model, tok, task, "tiny", prefix_reuse=True).score(PROMPTS[2:], task.test)
+    hook.remove()
+    full = [len(tok(task.render(PROMPTS[2], t)).input_ids) for t in TEXTS]
+    prompt_len = len(tok(PROMPTS[2] + " input :").input_ids)  # the text before the input words
+    assert seen[0] == (1, prompt_len)  # one prefix pass of batch 1 ...
+    assert seen[1] == (len(TEXTS), max(full) - prompt_len)  # ... then only the inputs
 
 
 def test_counts_calls_and_tokens():

@@ -62,12 +62,13 @@ class Scorer:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
         texts = [self.task.render(p, ex.text) for p in prompts for ex in examples]
-        lp = self._label_logprobs(texts).view(len(prompts), len(examples), -1)
+        lp = self._label_logprobs(texts, group_size=len(examples)).view(len(prompts), len(examples), -1)
         self.calls += len(texts)
         labels = torch.tensor([ex.label for ex in examples])
         return ClassificationScores(label_logprobs=lp, labels=labels)
 
-    def _label_logprobs(self, texts: list[str]) -> torch.Tensor:
+    def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
+        """[len(texts), C]; texts come prompt-major, `group_size` per prompt."""
         raise NotImplementedError
 
 

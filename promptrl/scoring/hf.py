@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -12,6 +13,8 @@ from promptrl.scoring import Scorer
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
+# Below this many shared tokens a separate prefix pass costs more than it saves.
+MIN_SHARED_PREFIX = 4
 
 
 def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
@@ -36,14 +39,16 @@ class HFScorer(Scorer):
     """Scores texts by the target's next-token log-probabilities of the label words.
 
     Sequences are tokenised once, sorted by length and cut into chunks of at most `batch_tokens`
-    padded tokens, so padding waste stays small and memory bounded. Only the last real position
+    padded tokens, so padding waste stays small and memory bounded. With `prefix_reuse`, the
+    tokens a prompt's texts share (the instruction) are computed once per prompt. Only the last real position
     of each sequence goes through the output layer. Padding follows the tokenizer's side and the
     last position is gathered explicitly, so left- and right-padding tokenizers give the same
     answer.
     """
 
-    def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384):
+    def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True):
         super().__init__(task, name)
+        self.prefix_reuse = prefix_reuse
         self.model = model
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
@@ -55,12 +60,12 @@ class HFScorer(Scorer):
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         model, tok = load_model(cfg, cache_dir)
-        return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens)
+        return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse)
 
-    def _pad(self, seqs: list[list[int]]):
+    def _pad(self, seqs: list[list[int]], right: bool = False):
         width = max(len(s) for s in seqs)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        left = self.tokenizer.padding_side == "left"
+        left = self.tokenizer.padding_side == "left" and not right
         ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -74,24 +79,58 @@ class HFScorer(Scorer):
         return ids, mask, positions, last
 
     @torch.inference_mode()
-    def _label_logprobs(self, texts: list[str]) -> torch.Tensor:
+    def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
         self.tokens += sum(len(s) for s in seqs)
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         out = torch.empty(len(seqs), len(self.label_ids))
+        size = group_size if (self.prefix_reuse and group_size) else len(seqs)
+        for g in range(0, len(seqs), size):
+            group = seqs[g:g + size]
+            plen = common_prefix_length(group) if self.prefix_reuse else 0
+            out[g:g + size] = self._score(group, plen if plen >= MIN_SHARED_PREFIX else 0)
+        return out
+
+    def _score(self, seqs: list[list[int]], plen: int) -> torch.Tensor:
+        """Label log-probs of `seqs`, whose first `plen` tokens are identical: those are run once
+        and their KV cache is copied to every row of a chunk, so only the rest is computed per row."""
         decoder = self.model.get_decoder()
         head = self.model.get_output_embeddings()
+        prefix_cache = None
+        if plen:
+            prefix = torch.tensor(seqs[0][:plen], device=self.device).unsqueeze(0)
+            prefix_cache = decoder(input_ids=prefix, use_cache=True).past_key_values
+            seqs = [s[plen:] for s in seqs]
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        out = torch.empty(len(seqs), len(self.label_ids))
         start = 0
         while start < len(order):
-            rows = max(1, self.batch_tokens // len(seqs[order[start]]))
+            rows = max(1, self.batch_tokens // (plen + len(seqs[order[start]])))
             chunk = order[start:start + rows]
-            ids, mask, positions, last = self._pad([seqs[i] for i in chunk])
+            ids, mask, positions, last = self._pad([seqs[i] for i in chunk], right=plen > 0)
+            kwargs = {"use_cache": False}
+            if plen:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(chunk))
+                mask = torch.cat([torch.ones(len(chunk), plen, dtype=mask.dtype), mask], dim=1)
+                kwargs = {"past_key_values": cache, "use_cache": True}
             hidden = decoder(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device), use_cache=False,
+                position_ids=(positions + plen).to(self.device), **kwargs,
             ).last_hidden_state
             final = hidden[torch.arange(len(chunk), device=self.device), last.to(self.device)]
             logits = head(final).float()
             out[torch.tensor(chunk)] = torch.log_softmax(logits, -1)[:, self.label_ids.to(self.device)].cpu()
             start += rows
         return out
+
+
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    """Tokens shared by every sequence at its start, leaving each at least one token of its own.
+    Computed on the full tokenisations, so it is exact even where a tokenizer would merge
+    across the prompt/input boundary."""
+    limit = min(len(s) for s in seqs) - 1
+    n = 0
+    first = seqs[0]
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return n
