@@ -31,10 +31,13 @@ class Samples:
     prompts: list[str]  # decoded instructions
 
 
-def build_query_text(tokenizer, meta_prompt: str, demos: str, prefix: str, no_chat_template: str) -> str:
-    """Meta-prompt + demonstrations as the user turn, and an *open* assistant turn that already
-    holds the instruction prefix, so the agent continues it (REFERENCE §2.3, intended form)."""
-    user = f"{meta_prompt.rstrip()}\n\n{demos.rstrip()}"
+def user_message(meta_prompt: str, demos: str) -> str:
+    return f"{meta_prompt.rstrip()}\n\n{demos.rstrip()}"
+
+
+def build_query_text(tokenizer, user: str, prefix: str, no_chat_template: str) -> str:
+    """`user` (e.g. meta-prompt + demonstrations) as the user turn, and an *open* assistant turn
+    that already holds `prefix`, so the agent continues it (REFERENCE §2.3, intended form)."""
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": user}, {"role": "assistant", "content": prefix}],
@@ -112,8 +115,8 @@ class Agent(nn.Module):
                 p.requires_grad_(False)
 
     # --- acting ----------------------------------------------------------------------------
-    def query_ids(self, meta_prompt: str, demos: str, prefix: str) -> torch.Tensor:
-        text = build_query_text(self.tokenizer, meta_prompt, demos, prefix, self.no_chat_template)
+    def query_ids(self, user: str, prefix: str) -> torch.Tensor:
+        text = build_query_text(self.tokenizer, user, prefix, self.no_chat_template)
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()

@@ -88,10 +88,29 @@ class LoggerConfig:
     progress: bool = True
 
 
+FORWARD_META_PROMPT = (
+    "I gave a friend an instruction and five inputs.\n"
+    "The friend read the instruction and wrote an output for every one of the inputs.\n"
+    "Here are the input-output pairs:\n"
+)
+
+
 @dataclass
 class AlgoBase:
+    """Fields every optimiser has: how candidates are ranked (StablePrompt's reward) and how
+    many of the best are kept for the final evaluation."""
+
     _target_: str = MISSING
     name: str = MISSING
+    reward_acc_coef: float = 10.0
+    reward_margin_coef: float = 0.1
+    queue_size: int = 5
+
+
+@dataclass
+class ManualConfig(AlgoBase):
+    _target_: str = "promptrl.algos.manual.ManualPrompt"
+    name: str = "manual"
 
 
 @dataclass
@@ -106,17 +125,11 @@ class APPOConfig(AlgoBase):
     prompts_per_step: int = 4
     num_demos: int = 5
     instruction_prefix: str = "The instruction was :"
-    meta_prompt: str = (
-        "I gave a friend an instruction and five inputs.\n"
-        "The friend read the instruction and wrote an output for every one of the inputs.\n"
-        "Here are the input-output pairs:\n"
-    )
+    meta_prompt: str = FORWARD_META_PROMPT
     update_term: int = 5
     update_threshold: float = 0.05
     rollback_threshold: float = 0.10
     anchor_eval_prompts: int = 4
-    reward_acc_coef: float = 10.0
-    reward_margin_coef: float = 0.1
     learning_rate: float = 1e-5
     ppo_epochs: int = 4
     mini_batch_size: int = 4
@@ -131,26 +144,50 @@ class APPOConfig(AlgoBase):
     kl_horizon: float = 10000.0
     whiten_advantages: bool = True
     max_grad_norm: Optional[float] = None
-    queue_size: int = 5
-    min_prompt_tokens: int = 1
 
 
 @dataclass
 class APEConfig(AlgoBase):
     _target_: str = "promptrl.algos.ape.APE"
     name: str = "ape"
-    num_candidates: int = 400
+    # null = as many as StablePrompt's default schedule samples on this task (REFERENCE §7):
+    # epochs x ceil(train / batch_size) x prompts_per_step of APPOConfig's defaults.
+    num_candidates: Optional[int] = None
+    prompts_per_step: int = 4  # proposals per demonstration draw (APE: prompts per subsample)
     num_demos: int = 5
+    instruction_prefix: str = "The instruction was :"
+    meta_prompt: str = FORWARD_META_PROMPT
+    # full: every candidate scored on the same `eval_examples` training examples as it is
+    # proposed. ucb: APE's bandit evaluation after all proposals (APE paper, section 3.2).
+    evaluation: str = "full"
+    eval_examples: Optional[int] = 16  # null = the whole training split
+    ucb_rounds: int = 10
+    ucb_prompts_per_round: int = 8
+    ucb_examples_per_round: int = 8
+    ucb_exploration: float = 1.0
+    # Iterative APE: paraphrase the top candidates this many rounds (0 = off).
+    resample_rounds: int = 0
+    resample_top: int = 4
+    resample_template: str = (
+        "Generate a variation of the following instruction while keeping the semantic meaning.\n\n"
+        "Input: {instruction}"
+    )
+    resample_prefix: str = "Output:"
 
 
 @dataclass
 class OPROConfig(AlgoBase):
     _target_: str = "promptrl.algos.opro.OPRO"
     name: str = "opro"
-    steps: int = 50
+    # OPRO paper: 200 steps of 8 instructions; a budget (budget.target_calls) usually ends it first.
+    steps: int = 200
     prompts_per_step: int = 8
-    num_demos: int = 3
-    max_history: int = 20
+    num_demos: int = 3  # exemplars shown in the meta-prompt
+    max_history: int = 20  # best previous instructions shown, ascending by score
+    eval_examples: Optional[int] = None  # null = the whole training split (OPRO's training-set accuracy)
+    initial_prompts: list[str] = field(default_factory=lambda: [""])
+    instruction_prefix: str = "<INS>"
+    instruction_end: str = "</INS>"
 
 
 @dataclass
@@ -190,3 +227,4 @@ def register_configs() -> None:
     cs.store(group="algo", name="appo_schema", node=APPOConfig)
     cs.store(group="algo", name="ape_schema", node=APEConfig)
     cs.store(group="algo", name="opro_schema", node=OPROConfig)
+    cs.store(group="algo", name="manual_schema", node=ManualConfig)

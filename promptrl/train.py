@@ -65,11 +65,12 @@ def run_train(cfg: DictConfig) -> dict:
     try:
         trainer_cls = get_class(cfg.algo._target_)
     except (ImportError, AttributeError):
-        raise UserError(f"algo={cfg.algo.name!r} is not implemented yet; available now: appo, ppo") from None
+        raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported; expected a class such as "
+                        "promptrl.algos.appo.APPOTrainer") from None
     seed_everything(cfg.seed)
     task = load_task(cfg.task, cfg.seed)
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)
-    agent = build_agent(cfg, cfg.seed)
+    agent = build_agent(cfg, cfg.seed) if trainer_cls.needs_agent else None
     trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                           budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
     resumed = bool(cfg.resume) and trainer.try_resume()
@@ -85,16 +86,16 @@ def run_train(cfg: DictConfig) -> dict:
     results = {
         "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
-        "label_words": task.label_words, **final,
-        "anchor_decisions": trainer.anchor_history, "steps": trainer.step, "epochs": trainer.epoch,
-        "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
+        "label_words": task.label_words, **final, **trainer.summary(), "steps": trainer.step,
+        "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
         "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
     }
     write_json(out / "results.json", results)
     trainer.tracker.summary(results)
     trainer.tracker.close()
     print_table(
-        f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}",
+        f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}, "
+        f"{calls_before_eval} target calls",
         ["prompt", "dev acc", "test acc"],
         [[r["prompt"][:100] or "(empty)", r["dev_accuracy"], r["test_accuracy"]] for r in final["queue"]]
         + [["(manual)", final["manual_dev_accuracy"], final["manual_test_accuracy"]],

@@ -7,7 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from promptrl.agent import ANCHOR, BASE, POLICY, Agent, build_query_text, response_mask
+from promptrl.agent import ANCHOR, BASE, POLICY, Agent, build_query_text, response_mask, user_message
 from promptrl.algos.appo import APPOTrainer, validate
 from promptrl.config import APPOConfig
 from promptrl.errors import UserError
@@ -79,7 +79,7 @@ def test_response_mask_keeps_tokens_up_to_first_eos():
 def test_shared_query_forward_equals_full_sequences():
     agent = make_agent()
     perturb_policy(agent)
-    query = agent.query_ids("here are five pairs", "input : great\n", "the instruction was")
+    query = agent.query_ids("here are five pairs\n\ninput : great", "the instruction was")
     responses = torch.tensor([[10, 11, 12, 2], [13, 2, 1, 1]])
     logp, values = agent.evaluate_actions(query, responses, POLICY)
     ids = torch.cat([query.unsqueeze(0).expand(2, -1), responses], 1)
@@ -94,12 +94,12 @@ def test_shared_query_forward_equals_full_sequences():
 
 def test_query_has_an_open_assistant_turn_and_plain_fallback():
     tok = make_tokenizer()
-    text = build_query_text(tok, "meta", "input : great", "the instruction was", "error")
+    text = build_query_text(tok, "meta\n\ninput : great", "the instruction was", "error")
     assert text.endswith("<assistant> the instruction was")
     tok.chat_template = None
     with pytest.raises(UserError, match="no chat template.*agent.no_chat_template=plain"):
-        build_query_text(tok, "meta", "demos", "prefix", "error")
-    assert build_query_text(tok, "meta", "demos", "prefix", "plain") == "meta\n\ndemos\n\nprefix"
+        build_query_text(tok, "meta", "prefix", "error")
+    assert build_query_text(tok, user_message("meta", "demos\n"), "prefix", "plain") == "meta\n\ndemos\n\nprefix"
 
 
 def run_anchor_check(n_good, **cfg_over):
@@ -128,7 +128,7 @@ def test_anchor_update_copies_policy_into_anchor_and_kl_is_zero():
         assert torch.equal(v, before[POLICY][k])
     assert torch.equal(agent.value_heads[ANCHOR].weight, before["vh_policy"])
     assert len(trainer.optimizer.state) > 0  # an update keeps the optimizer state
-    query = agent.query_ids("meta", "input : good", "the instruction was")
+    query = agent.query_ids("meta\n\ninput : good", "the instruction was")
     responses = torch.tensor([[10, 11, 12], [13, 14, 2]])
     with torch.no_grad():
         lp_policy, _ = agent.evaluate_actions(query, responses, POLICY)

@@ -48,6 +48,7 @@ def test_unknown_command():
     assert r.returncode == 2 and "unknown command 'tune'" in r.stderr
 
 
-def test_algo_without_implementation_is_a_clear_error(tmp_path):
-    r = promptrl("train", "algo=ape", f"hydra.run.dir={tmp_path}")
-    assert r.returncode == 2 and "algo='ape' is not implemented yet; available now: appo, ppo" in r.stderr
+def test_unimportable_algo_target_is_a_clear_error(tmp_path):
+    r = promptrl("train", "algo._target_=promptrl.algos.nope.Nope", f"hydra.run.dir={tmp_path}")
+    assert r.returncode == 2
+    assert "algo._target_='promptrl.algos.nope.Nope' cannot be imported" in r.stderr

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import torch
 
-from promptrl.agent import ANCHOR, BASE, POLICY, Agent, Samples, format_demos
+from promptrl.agent import ANCHOR, BASE, POLICY, Agent, Samples
 from promptrl.algos import ppo_math as pm
-from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
+from promptrl.algos.base import PromptOptimizer
 from promptrl.errors import UserError
-from promptrl.prompt_queue import PromptQueue
 from promptrl.scoring import Scorer
 from promptrl.tasks import Task
-from promptrl.tracking import Tracker
 
 log = logging.getLogger(__name__)
 REFERENCES = ("anchor", "base", "previous")
@@ -54,37 +52,19 @@ def validate(cfg) -> None:
             raise UserError(message)
 
 
-class APPOTrainer:
-    def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent, out_dir: Path,
-                 tracker: Tracker | None = None, seed: int = 0, checkpoint_every: int = 0,
-                 budget_calls: int | None = None, progress: bool = False):
+class APPOTrainer(PromptOptimizer):
+    def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent, out_dir: Path | None, **kwargs):
         validate(cfg)
-        self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
-        self.out_dir = out_dir
-        self.tracker = tracker
-        self.seed = seed
-        self.checkpoint_every = checkpoint_every
-        self.budget_calls = budget_calls
-        self.progress = progress
-        self.rng = random.Random(seed)  # demonstrations and batch order
+        super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)
         self.optimizer = torch.optim.Adam(agent.trainable_parameters(), lr=cfg.learning_rate)
         self.kl_ctl = pm.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.adaptive_kl)
-        self.queue = PromptQueue(cfg.queue_size)
-        self.step = 0  # PPO steps done
         self.epoch = 0  # epochs finished
         self.batch_in_epoch = 0  # steps done inside the current epoch
-        self.elapsed = 0.0  # wall time of earlier sessions of this run
         self.anchor_history: list[dict] = []
 
     # --- one PPO step ----------------------------------------------------------------------
     def make_query(self) -> torch.Tensor:
-        demos = self.rng.sample(self.task.dev, min(self.cfg.num_demos, len(self.task.dev)))
-        return self.agent.query_ids(self.cfg.meta_prompt, format_demos(self.task, demos), self.cfg.instruction_prefix)
-
-    def reward(self, prompts: list[str], batch) -> tuple[torch.Tensor, dict]:
-        scores = self.scorer.score(prompts, batch)
-        acc, margin = scores.accuracy, scores.margin
-        return self.cfg.reward_acc_coef * acc + self.cfg.reward_margin_coef * margin, {"acc": acc, "margin": margin}
+        return self.demo_query(self.cfg.meta_prompt, self.cfg.instruction_prefix)
 
     def ppo_step(self, batch) -> dict:
         t0 = time.time()
@@ -178,41 +158,32 @@ class APPOTrainer:
         bs = self.cfg.batch_size
         return [order[i:i + bs] for i in range(0, len(order), bs)]
 
-    def budget_spent(self) -> bool:
-        return self.budget_calls is not None and self.scorer.calls >= self.budget_calls
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
 
-    def run(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def total_steps(self) -> int:
+        return self.cfg.epochs * len(self.epoch_batches(0))
 
-        start = time.time()
-        total = self.cfg.epochs * len(self.epoch_batches(0))
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}")]
-        with Progress(*columns, disable=not self.progress) as bar:
-            job = bar.add_task(f"{self.cfg.name} {self.task.name}", total=total, completed=self.step, info="")
-            while self.epoch < self.cfg.epochs and not self.budget_spent():
-                batches = self.epoch_batches(self.epoch)
-                batch = batches[self.batch_in_epoch]
-                row = {"step": self.step, "epoch": self.epoch, **self.ppo_step(batch)}
-                self.batch_in_epoch += 1
-                row.update(target_calls=self.scorer.calls, target_tokens=self.scorer.tokens)
-                self.log(row)
-                if self.batch_in_epoch == len(batches):
-                    self.batch_in_epoch = 0
-                    self.epoch += 1
-                    if self.epoch % self.cfg.update_term == 0:
-                        decision = self.anchor_check()
-                        if decision:
-                            decision.update(step=self.step, epoch=self.epoch - 1, target_calls=self.scorer.calls)
-                            self.anchor_history.append(decision)
-                            self.log(decision)
-                self.step += 1
-                bar.update(job, completed=self.step, info=self.progress_info(row))
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
-                    self.elapsed += time.time() - start
-                    start = time.time()
-                    self.save()
-        self.elapsed += time.time() - start
+    def train_step(self) -> dict:
+        row = {"epoch": self.epoch, **self.ppo_step(self.epoch_batches(self.epoch)[self.batch_in_epoch])}
+        self.batch_in_epoch += 1
+        return row
+
+    def after_step(self) -> None:
+        if self.batch_in_epoch < len(self.epoch_batches(self.epoch)):
+            return
+        self.batch_in_epoch = 0
+        self.epoch += 1
+        # A dev comparison that would cross the budget is skipped: training ends within a step
+        # anyway, and the budget must bound every method alike.
+        check_calls = 2 * self.cfg.anchor_eval_prompts * len(self.task.dev) if self.cfg.reference == "anchor" else 0
+        fits = self.budget_calls is None or self.scorer.calls + check_calls <= self.budget_calls
+        if self.epoch % self.cfg.update_term == 0 and fits:
+            decision = self.anchor_check()
+            if decision:
+                decision.update(step=self.step, epoch=self.epoch - 1, target_calls=self.scorer.calls)
+                self.anchor_history.append(decision)
+                self.log(decision)
 
     def progress_info(self, row: dict) -> str:
         last_dev = next((a["policy_dev_acc"] for a in reversed(self.anchor_history) if "policy_dev_acc" in a), float("nan"))
@@ -220,23 +191,20 @@ class APPOTrainer:
         return (f"ep {self.epoch} reward {fmt('reward_mean')}/{fmt('reward_max')} "
                 f"dev {last_dev:.3f} kl {fmt('kl')}")
 
-    def log(self, row: dict) -> None:
-        if self.tracker is not None:
-            self.tracker.log(row)
+    def summary(self) -> dict:
+        return {"anchor_decisions": self.anchor_history, "epochs": self.epoch}
 
     # --- checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def extra_state(self) -> dict:
         return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "elapsed": self.elapsed,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "lora": {n: p.detach().clone() for n, p in self.agent.model.named_parameters() if "lora_" in n},
             "value_heads": self.agent.value_heads.state_dict(),
             "optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value,
-            "queue": self.queue.state_dict(), "anchor_history": list(self.anchor_history),
-            "rng_python": self.rng.getstate(), "rng_torch": torch.get_rng_state(),
-            "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
+            "anchor_history": list(self.anchor_history),
         }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_extra_state(self, state: dict) -> None:
         params = dict(self.agent.model.named_parameters())
         with torch.no_grad():
             for n, t in state["lora"].items():
@@ -244,20 +212,5 @@ class APPOTrainer:
         self.agent.value_heads.load_state_dict(state["value_heads"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.value = state["kl_coef"]
-        self.queue.load_state_dict(state["queue"])
         self.anchor_history = list(state["anchor_history"])
-        self.rng.setstate(state["rng_python"])
-        torch.set_rng_state(state["rng_torch"])
-        self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.elapsed = state["elapsed"]
-
-    def save(self) -> None:
-        save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
-
-    def try_resume(self) -> bool:
-        state = load_latest_checkpoint(self.out_dir / "checkpoints")
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]

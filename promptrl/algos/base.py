@@ -1,0 +1,148 @@
+"""What every prompt optimiser shares: the step loop, the budget, the queue, metrics, checkpoints.
+
+An optimiser (APPO/PPO, APE, OPRO, the manual prompt) implements `train_step()` — one unit of
+work that ends with the prompts it scored offered to the queue — plus `finished()` and, if it
+keeps state of its own, `extra_state()` / `load_extra_state()`. This class runs the steps under
+the target-call budget, logs one metrics row per step, checkpoints every `checkpoint_every`
+steps and resumes from the newest readable checkpoint. The final evaluation of the queue is the
+same function for everyone (`promptrl.evaluate.final_evaluation`), so results compare.
+
+Budget rule: the budget is checked before each step, so a run overshoots it by at most one
+step's target calls. Calls made by the final evaluation are not counted.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from promptrl.agent import Agent, format_demos, user_message
+from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
+from promptrl.prompt_queue import PromptQueue
+from promptrl.scoring import Scorer
+from promptrl.tasks import Example, Task
+from promptrl.tracking import Tracker
+
+
+class PromptOptimizer:
+    needs_agent = True  # False: train.py does not load an agent model at all
+
+    def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent | None, out_dir: Path | None,
+                 tracker: Tracker | None = None, seed: int = 0, checkpoint_every: int = 0,
+                 budget_calls: int | None = None, progress: bool = False):
+        self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
+        self.out_dir = out_dir
+        self.tracker = tracker
+        self.seed = seed
+        self.checkpoint_every = checkpoint_every
+        self.budget_calls = budget_calls
+        self.progress = progress
+        self.rng = random.Random(seed)  # demonstrations, batches, subsets
+        self.queue = PromptQueue(cfg.queue_size)
+        self.step = 0  # steps done
+        self.elapsed = 0.0  # wall time of earlier sessions of this run
+
+    # --- what a subclass provides ------------------------------------------------------------
+    def train_step(self) -> dict:
+        raise NotImplementedError
+
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+    def total_steps(self) -> int | None:
+        """For the progress bar; None when only the budget decides."""
+        return None
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def summary(self) -> dict:
+        """Algorithm-specific fields for results.json."""
+        return {}
+
+    def progress_info(self, row: dict) -> str:
+        fmt = lambda k: f"{float(row.get(k, math.nan)):.3f}"
+        return f"reward {fmt('reward_mean')}/{fmt('reward_max')} best {self.best_reward():.3f}"
+
+    # --- shared helpers ------------------------------------------------------------------------
+    def reward(self, prompts: list[str], examples: list[Example]) -> tuple[torch.Tensor, dict]:
+        """StablePrompt's reward, c_a*acc + c_s*margin, used by every optimiser to rank prompts."""
+        scores = self.scorer.score(prompts, examples)
+        acc, margin = scores.accuracy, scores.margin
+        return self.cfg.reward_acc_coef * acc + self.cfg.reward_margin_coef * margin, {"acc": acc, "margin": margin}
+
+    def demo_query(self, meta_prompt: str, prefix: str) -> torch.Tensor:
+        """The forward-generation query: meta-prompt + k demonstrations drawn from dev."""
+        demos = self.rng.sample(self.task.dev, min(self.cfg.num_demos, len(self.task.dev)))
+        return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
+
+    def budget_spent(self) -> bool:
+        return self.budget_calls is not None and self.scorer.calls >= self.budget_calls
+
+    def best_reward(self) -> float:
+        return self.queue.items[0]["reward"] if self.queue.items else math.nan
+
+    def log(self, row: dict) -> None:
+        if self.tracker is not None:
+            self.tracker.log(row)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        start = time.time()
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}")]
+        with Progress(*columns, disable=not self.progress) as bar:
+            job = bar.add_task(f"{self.cfg.name} {self.task.name}", total=self.total_steps(), completed=self.step, info="")
+            while not self.finished() and not self.budget_spent():
+                step_start = time.time()
+                row = {"step": self.step, **self.train_step()}
+                row.update(target_calls=self.scorer.calls, target_tokens=self.scorer.tokens,
+                           best_reward=self.best_reward(), time_step=time.time() - step_start)
+                self.log(row)
+                self.after_step()
+                self.step += 1
+                bar.update(job, completed=self.step, info=self.progress_info(row))
+                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                    self.elapsed += time.time() - start
+                    start = time.time()
+                    self.save()
+        self.elapsed += time.time() - start
+
+    def after_step(self) -> None:
+        """Hook between a step's metrics row and its checkpoint (APPO's anchor check)."""
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step, "elapsed": self.elapsed, "queue": self.queue.state_dict(),
+            "rng_python": self.rng.getstate(), "rng_torch": torch.get_rng_state(),
+            "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
+            "extra": self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.elapsed = state["step"], state["elapsed"]
+        self.queue.load_state_dict(state["queue"])
+        self.rng.setstate(state["rng_python"])
+        torch.set_rng_state(state["rng_torch"])
+        self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
+        self.load_extra_state(state["extra"])
+
+    def save(self) -> None:
+        save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
+
+    def try_resume(self) -> bool:
+        state = load_latest_checkpoint(self.out_dir / "checkpoints")
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        return True

@@ -1,0 +1,113 @@
+"""OPRO (Yang et al., 2024, "Large Language Models as Optimizers").
+
+Each step the agent (untrained, adapters off) reads a meta-prompt holding the best instructions
+scored so far, in ascending order of score, followed by a few task exemplars, and proposes
+`prompts_per_step` new instructions. Instructions already scored are never scored again. The
+score shown to the agent is training accuracy in 0-100 (as in the paper); the queue ranks by
+StablePrompt's reward like every other optimiser.
+
+The open assistant turn starts with `<INS>` and the text is cut at `</INS>`, so even a small
+agent that ignores the format produces a usable instruction.
+"""
+
+from __future__ import annotations
+
+import math
+
+from promptrl.agent import BASE
+from promptrl.algos.base import PromptOptimizer
+from promptrl.errors import UserError
+from promptrl.tasks import Example, Task
+
+HEADER = ("Your task is to generate the instruction <INS>. Below are some previous instructions with their scores. "
+          "The score ranges from 0 to 100.\n")
+PROBLEMS = "Below are some problems.\n"
+FOOTER = ("Generate an instruction that is different from all the instructions <INS> above, and has a higher score "
+          "than all the instructions <INS> above. The instruction should begin with <INS> and end with </INS>. "
+          "The instruction should be concise, effective, and generally applicable to all problems above.")
+
+
+def validate(cfg) -> None:
+    checks = [
+        (cfg.steps >= 1, f"algo.steps={cfg.steps}; expected >= 1"),
+        (cfg.prompts_per_step >= 1, f"algo.prompts_per_step={cfg.prompts_per_step}; expected >= 1"),
+        (cfg.max_history >= 1, f"algo.max_history={cfg.max_history}; expected >= 1"),
+        (cfg.num_demos >= 0, f"algo.num_demos={cfg.num_demos}; expected >= 0"),
+        (cfg.eval_examples is None or cfg.eval_examples >= 1, f"algo.eval_examples={cfg.eval_examples}; expected >= 1 or null"),
+        (len(cfg.initial_prompts) >= 1, "algo.initial_prompts is empty; expected at least one instruction (\"\" is fine)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def meta_prompt(history: list[dict], task: Task, exemplars: list[Example], max_history: int) -> str:
+    """OPRO's meta-prompt: the `max_history` best instructions, worst first so the best sits
+    next to the request, then exemplars rendered with the task template and <INS> in place."""
+    best = sorted(history, key=lambda h: (h["score"], -h["order"]), reverse=True)[:max_history]
+    lines = [HEADER]
+    for h in sorted(best, key=lambda h: (h["score"], -h["order"])):
+        lines.append(f"text:\n{h['prompt']}\nscore:\n{h['score']}\n")
+    if exemplars:
+        lines.append(PROBLEMS)
+        for ex in exemplars:
+            lines.append(f"input:\n{task.render('<INS>', ex.text)}\noutput:\n{task.demo_output(ex)}\n")
+    lines.append(FOOTER)
+    return "\n".join(lines)
+
+
+def extract_instruction(text: str, end_tag: str) -> str:
+    return text.split(end_tag, 1)[0].replace("<INS>", "").strip()
+
+
+class OPRO(PromptOptimizer):
+    def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
+        validate(cfg)
+        super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)
+        n_eval = len(task.train) if cfg.eval_examples is None else min(cfg.eval_examples, len(task.train))
+        self.eval_set = sorted(self.rng.sample(task.train, n_eval), key=lambda e: e.id)
+        self.history: list[dict] = []  # every instruction scored: prompt, score (0-100), reward, step, order
+        self.opt_steps = 0  # optimisation steps done (step 0 scores the initial instructions)
+
+    def finished(self) -> bool:
+        return self.opt_steps > self.cfg.steps
+
+    def total_steps(self) -> int:
+        return self.cfg.steps + 1
+
+    def scored(self) -> set[str]:
+        return {h["prompt"] for h in self.history}
+
+    def train_step(self) -> dict:
+        if self.opt_steps == 0:
+            proposals = [str(p) for p in self.cfg.initial_prompts]
+        else:
+            exemplars = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
+            text = meta_prompt(self.history, self.task, exemplars, self.cfg.max_history)
+            samples = self.agent.sample(self.agent.query_ids(text, self.cfg.instruction_prefix), self.cfg.prompts_per_step, BASE)
+            proposals = [extract_instruction(p, self.cfg.instruction_end) for p in samples.prompts]
+        seen = self.scored()
+        new = [p for p in dict.fromkeys(proposals) if p not in seen]
+        row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new)}
+        if new:
+            rewards, parts = self.reward(new, self.eval_set)
+            for p, r, a in zip(new, rewards.tolist(), parts["acc"].tolist()):
+                if not math.isfinite(r):
+                    continue  # never shown to the agent nor queued
+                self.history.append({"prompt": p, "score": round(100 * a), "reward": r, "step": self.step,
+                                     "order": len(self.history)})
+                self.queue.offer(p, r, self.step)
+            row.update(reward_mean=rewards.mean(), reward_max=rewards.max(), acc_mean=parts["acc"].mean(),
+                       acc_max=parts["acc"].max(), scored=len(new))
+        self.opt_steps += 1
+        return row
+
+    def extra_state(self) -> dict:
+        return {"history": [dict(h) for h in self.history], "opt_steps": self.opt_steps}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.history = [dict(h) for h in state["history"]]
+        self.opt_steps = state["opt_steps"]
+
+    def summary(self) -> dict:
+        return {"instructions_scored": len(self.history)}
