@@ -66,6 +66,10 @@ class Agent(nn.Module):
     def __init__(self, base_model, tokenizer, lora_r=16, lora_alpha=32, lora_dropout=0.05,
                  target_modules=None, max_new_tokens=100, no_chat_template="error"):
         super().__init__()
+        if no_chat_template not in ("error", "plain"):
+            raise UserError(f"agent.no_chat_template={no_chat_template!r}; expected one of: error, plain")
+        if not tokenizer.chat_template and no_chat_template == "error":
+            build_query_text(tokenizer, "", "", no_chat_template)  # raises the explanatory error now, not mid-run
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
         self.no_chat_template = no_chat_template

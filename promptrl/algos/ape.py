@@ -63,12 +63,12 @@ def ucb_pick(stats: dict[str, dict], k: int, c: float) -> list[str]:
 
 
 class APE(PromptOptimizer):
+    validate = staticmethod(validate)
+
     def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
-        validate(cfg)
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)
         self.num_candidates = cfg.num_candidates or stableprompt_candidates(len(task.train))
-        n_eval = len(task.train) if cfg.eval_examples is None else min(cfg.eval_examples, len(task.train))
-        self.eval_set = sorted(self.rng.sample(task.train, n_eval), key=lambda e: e.id)
+        self.eval_set = self.train_subset(cfg.eval_examples)
         # prompt -> {"n": examples scored, "sum": reward x examples, "step": first seen}; insertion = proposal order
         self.stats: dict[str, dict] = {}
         self.proposed = 0

@@ -24,6 +24,7 @@ from promptrl.agent import ANCHOR, BASE, POLICY, Agent, Samples
 from promptrl.algos import ppo_math as pm
 from promptrl.algos.base import PromptOptimizer
 from promptrl.errors import UserError
+from promptrl.faults import crash_point
 from promptrl.scoring import Scorer
 from promptrl.tasks import Task
 
@@ -53,8 +54,9 @@ def validate(cfg) -> None:
 
 
 class APPOTrainer(PromptOptimizer):
+    validate = staticmethod(validate)
+
     def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent, out_dir: Path | None, **kwargs):
-        validate(cfg)
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)
         self.optimizer = torch.optim.Adam(agent.trainable_parameters(), lr=cfg.learning_rate)
         self.kl_ctl = pm.AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon, cfg.adaptive_kl)
@@ -81,6 +83,7 @@ class APPOTrainer(PromptOptimizer):
             return {**row, "skipped": "non-finite reward"}
         for prompt, r in zip(samples.prompts, rewards.tolist()):
             self.queue.offer(prompt, r, self.step)
+        crash_point("mid-step")
         row.update(self.update(samples, rewards))
         row.update(time_generate=t1 - t0, time_score=t2 - t1, time_update=time.time() - t2)
         return row

@@ -22,18 +22,37 @@ import torch
 
 from promptrl.agent import Agent, format_demos, user_message
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
+from promptrl.errors import UserError
 from promptrl.prompt_queue import PromptQueue
 from promptrl.scoring import Scorer
 from promptrl.tasks import Example, Task
 from promptrl.tracking import Tracker
 
 
+def check_common(cfg) -> None:
+    if cfg.queue_size < 1:
+        raise UserError(f"algo.queue_size={cfg.queue_size}; expected an integer >= 1")
+    for key in ("reward_acc_coef", "reward_margin_coef"):
+        if not math.isfinite(cfg[key]):
+            raise UserError(f"algo.{key}={cfg[key]}; expected a finite number")
+
+
 class PromptOptimizer:
     needs_agent = True  # False: train.py does not load an agent model at all
+
+    validate = None  # a subclass's own checks: a function cfg -> None that raises UserError
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """Raise a UserError for a bad algo config; called before any model is loaded."""
+        check_common(cfg)
+        if cls.validate is not None:
+            cls.validate(cfg)
 
     def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent | None, out_dir: Path | None,
                  tracker: Tracker | None = None, seed: int = 0, checkpoint_every: int = 0,
                  budget_calls: int | None = None, progress: bool = False):
+        self.check_config(cfg)
         self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
         self.out_dir = out_dir
         self.tracker = tracker
@@ -82,6 +101,11 @@ class PromptOptimizer:
         """The forward-generation query: meta-prompt + k demonstrations drawn from dev."""
         demos = self.rng.sample(self.task.dev, min(self.cfg.num_demos, len(self.task.dev)))
         return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
+
+    def train_subset(self, n: int | None) -> list[Example]:
+        """A fixed, seeded subset of n training examples (all of them for None), in id order."""
+        n = len(self.task.train) if n is None else min(n, len(self.task.train))
+        return sorted(self.rng.sample(self.task.train, n), key=lambda e: e.id)
 
     def budget_spent(self) -> bool:
         return self.budget_calls is not None and self.scorer.calls >= self.budget_calls

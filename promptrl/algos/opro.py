@@ -61,11 +61,11 @@ def extract_instruction(text: str, end_tag: str) -> str:
 
 
 class OPRO(PromptOptimizer):
+    validate = staticmethod(validate)
+
     def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
-        validate(cfg)
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)
-        n_eval = len(task.train) if cfg.eval_examples is None else min(cfg.eval_examples, len(task.train))
-        self.eval_set = sorted(self.rng.sample(task.train, n_eval), key=lambda e: e.id)
+        self.eval_set = self.train_subset(cfg.eval_examples)
         self.history: list[dict] = []  # every instruction scored: prompt, score (0-100), reward, step, order
         self.opt_steps = 0  # optimisation steps done (step 0 scores the initial instructions)
 
