@@ -26,6 +26,9 @@ class TaskConfig:
     hub_test_split: str = "test"
     text_field: str = "sentence"
     label_field: str = "label"
+    # Several columns per input (sentence pairs): e.g. "premise : {premise}\n hypothesis : {hypothesis}";
+    # the named columns are read instead of text_field (REFERENCE §2.4).
+    input_format: Optional[str] = None
     # Local LM-BFF layout: <data_dir>/<local_name>/16-<split>/{train,dev}.tsv and <local_name>/test.tsv
     local_name: Optional[str] = None
     data_dir: Optional[str] = "${oc.env:PROMPTRL_DATA,null}"

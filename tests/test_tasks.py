@@ -1,3 +1,4 @@
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +14,7 @@ def task_cfg(**over):
         hub_test_split="test", text_field="sentence", label_field="label", local_name="fsc/sst-2",
         data_dir=None, shots_per_label=16, template="{prompt} Input : {input} Output :",
         label_words=[" negative", " positive"], label_names=[], metric="accuracy", manual_prompt="m",
-        max_test_examples=None,
+        max_test_examples=None, input_format=None,
     )
     cfg.update(over)
     return SimpleNamespace(**cfg)
@@ -55,6 +56,48 @@ def test_hub_failure_when_offline_says_what_to_do(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(UserError, match=r"cannot load dataset 'stanfordnlp/sst2'.*PROMPTRL_DATA"):
         load_task(task_cfg(hub_id="stanfordnlp/sst2"), seed=0)
+
+
+@pytest.mark.parametrize("name, columns", [
+    ("rte", ("premise", "hypothesis")), ("mnli", ("premise", "hypothesis")), ("snli", ("premise", "hypothesis")),
+    ("mrpc", ("sentence1", "sentence2")), ("qnli", ("question", "sentence")),
+])
+def test_sentence_pair_tasks_load_from_a_hub_layout(name, columns, tmp_path, monkeypatch):
+    """The shipped pair-task configs, pointed at a local dataset dir in the hub's layout and
+    column names (the loading code is the same `datasets.load_dataset` call as for the hub)."""
+    from omegaconf import OmegaConf
+
+    from promptrl.config import TaskConfig
+
+    monkeypatch.delenv("PROMPTRL_DATA", raising=False)
+    cfg = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(f"conf/task/{name}.yaml"))
+    n_labels = len(cfg.label_words)
+    a, b = columns
+
+    def rows(n, with_unlabelled):
+        out = [{a: f"first {i}", b: f"second {i}", "label": i % n_labels, "idx": i} for i in range(n)]
+        return out + ([{a: "x", b: "y", "label": -1, "idx": n}] if with_unlabelled else [])
+
+    splits = {cfg.hub_train_split: 40 * n_labels, cfg.hub_test_split: 9}
+    card = ["---", "configs:", "- config_name: default", "  data_files:"]
+    for split, n in splits.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(n, with_unlabelled=True)))
+        card += [f"  - split: {split}", f"    path: {split}.jsonl"]
+    (tmp_path / "README.md").write_text("\n".join(card + ["---", ""]))  # the hub's dataset-card split list
+    cfg.hub_id, cfg.hub_config = str(tmp_path), None
+    task = load_task(cfg, seed=0)
+    assert len(task.train) == len(task.dev) == 16 * n_labels
+    assert sorted(e.label for e in task.train) == sorted(list(range(n_labels)) * 16)
+    assert not {e.text for e in task.train} & {e.text for e in task.dev}
+    assert len(task.test) == 9 and all(e.label >= 0 for e in task.test)  # the -1 row is dropped
+    first = task.test[0]
+    assert first.text == cfg.input_format.format(**{a: "first 0", b: "second 0"})
+    assert "\n" in first.text and task.render("Decide.", first.text).startswith("Decide. Input : ")
+
+
+def test_input_format_without_fields_is_rejected():
+    with pytest.raises(UserError, match=r"task.input_format 'no fields' must name columns"):
+        load_task(task_cfg(hub_id="x", local_name=None, input_format="no fields"), seed=0)
 
 
 def write_split(root, train="sentence\tlabel\nfine film\t1\nbad film\t0\n", dev=None, test=None):

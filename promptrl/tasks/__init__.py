@@ -60,6 +60,8 @@ def load_task(cfg, seed: int) -> Task:
         raise UserError(f"task.label_words {list(cfg.label_words)} needs at least two words")
     if len(set(cfg.label_words)) != len(cfg.label_words):
         raise UserError(f"task.label_words {list(cfg.label_words)} has duplicates; each class needs its own word")
+    if cfg.max_test_examples is not None and cfg.max_test_examples < 1:
+        raise UserError(f"task.max_test_examples={cfg.max_test_examples}; expected a positive number or null (all)")
     from promptrl.tasks.classification import load_classification
 
     task = load_classification(cfg, seed)

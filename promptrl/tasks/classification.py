@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import string
 from pathlib import Path
 
 from promptrl.errors import UserError
@@ -52,8 +53,6 @@ def load_local(cfg, seed: int, n_labels: int) -> tuple[list[Example], list[Examp
     data_dir = Path(cfg.data_dir).expanduser()
     if not data_dir.is_dir():
         raise UserError(f"data dir {str(data_dir)!r} (task.data_dir / PROMPTRL_DATA) does not exist")
-    if not cfg.local_name:
-        raise UserError(f"task {cfg.name!r} has no local_name, so it cannot be read from data dir {data_dir}")
     root = data_dir / cfg.local_name
     if not root.is_dir():
         raise UserError(f"task {cfg.name!r}: {root} does not exist; expected <data_dir>/{cfg.local_name}/16-<seed>/")
@@ -87,6 +86,16 @@ def balanced_split(rows: list[tuple[str, int]], shots: int, n_labels: int, seed:
     return as_examples(train), as_examples(dev)
 
 
+def input_columns(cfg) -> list[str]:
+    """The data columns an input is built from: text_field, or the fields named in input_format."""
+    if not cfg.input_format:
+        return [cfg.text_field]
+    names = [f for _, f, _, _ in string.Formatter().parse(cfg.input_format) if f]
+    if not names or any(not n.isidentifier() for n in names):
+        raise UserError(f"task.input_format {cfg.input_format!r} must name columns like {{premise}} and {{hypothesis}}")
+    return list(dict.fromkeys(names))
+
+
 def load_hub(cfg, seed: int, n_labels: int):
     if not cfg.hub_id:
         raise UserError(f"task {cfg.name!r} has no hub_id; set PROMPTRL_DATA or task.data_dir to local files")
@@ -100,10 +109,12 @@ def load_hub(cfg, seed: int, n_labels: int):
                 f"cannot load dataset {cfg.hub_id!r} split {split!r} from the hub ({type(e).__name__}); "
                 "when offline, set PROMPTRL_DATA or task.data_dir to local files"
             ) from e
-        for col in (cfg.text_field, cfg.label_field):
+        for col in (*input_columns(cfg), cfg.label_field):
             if col not in ds.column_names:
                 raise UserError(f"dataset {cfg.hub_id!r} has no column {col!r}; its columns are {ds.column_names}")
-        return list(zip(ds[cfg.text_field], ds[cfg.label_field]))
+        if not cfg.input_format:
+            return list(zip(ds[cfg.text_field], ds[cfg.label_field]))
+        return [(cfg.input_format.format(**row), row[cfg.label_field]) for row in ds]
 
     train, dev = balanced_split(get(cfg.hub_train_split), cfg.shots_per_label, n_labels, seed)
     test_rows = [r for r in get(cfg.hub_test_split) if 0 <= r[1] < n_labels]
@@ -113,7 +124,8 @@ def load_hub(cfg, seed: int, n_labels: int):
 
 def load_classification(cfg, seed: int) -> Task:
     n_labels = len(cfg.label_words)
-    if cfg.data_dir:
+    input_columns(cfg)  # a malformed input_format fails before any data is read
+    if cfg.data_dir and cfg.local_name:  # hub-only tasks ignore PROMPTRL_DATA
         train, dev, test, source = load_local(cfg, seed, n_labels)
     else:
         train, dev, test, source = load_hub(cfg, seed, n_labels)
