@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
@@ -9,23 +10,39 @@ from pathlib import Path
 
 import torch
 
+from promptrl.errors import UserError
+from promptrl.faults import crash_point
+
 log = logging.getLogger(__name__)
 
 KEEP = 2  # the newest and one before it, in case the newest is unreadable
 
 
 def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"ckpt-{step:07d}.pt"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
+    for stale in directory.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
+    tmp = None
     try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getbuffer()
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            f.write(data[:len(data) // 2])
+            crash_point("mid-checkpoint-write")  # a kill here leaves half a temp file, never a ckpt-*.pt
+            f.write(data[len(data) // 2:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # the rename is the commit point
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # disk full, permissions: the previous checkpoint is intact
+            kept = sorted(p.name for p in directory.glob("ckpt-*.pt"))
+            raise UserError(f"cannot write checkpoint {path} ({e.strerror or e}); the last saved is "
+                            f"{kept[-1] if kept else 'none'}; free disk space and resume, or set checkpoint_every=0") from e
         raise
     for old in sorted(directory.glob("ckpt-*.pt"))[:-KEEP]:
         old.unlink(missing_ok=True)

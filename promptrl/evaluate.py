@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from promptrl.errors import UserError
+from promptrl.faults import crash_point
 from promptrl.scoring import Scorer, build_scorer
 from promptrl.tasks import Task, load_task
 from promptrl.tracking import print_table, run_dir, save_run_info, write_json
@@ -36,6 +37,7 @@ def prompts_to_evaluate(cfg: DictConfig, task: Task) -> dict[str, str]:
 def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str]) -> list[dict]:
     """Dev and test accuracy of each prompt; one batched scoring call per split."""
     dev = scorer.score(prompts, task.dev)
+    crash_point("between-dev-and-test")
     test = scorer.score(prompts, task.test)
     return [
         {"prompt": p, "dev_accuracy": dev.accuracy[i].item(), "dev_margin": dev.margin[i].item(),

@@ -32,7 +32,15 @@ def cpu_supports_bf16() -> bool:
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:<index>") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA GPU is available; use device=auto or cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"device {device!r} is not supported; expected auto, cpu, cuda or cuda:<index>")
+    return dev
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -95,3 +95,29 @@ def test_multi_token_label_word_is_rejected_with_its_pieces():
     tok = make_tokenizer()
     with pytest.raises(UserError, match=r"label word ' very good' is 2 tokens \['very', 'good'\]"):
         label_token_ids(tok, [" bad", " very good"], "tiny")
+
+
+def test_degenerate_prompts_are_scored_not_crashed_on():
+    """Empty, whitespace-only, template-marker and placeholder-looking prompts are scored as-is."""
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    task = make_task()
+    scorer = HFScorer(model, tok, task, "tiny")
+    odd = ["", "   \n\t ", "input : great sentiment : good", "{input} {prompt} {0} }{", "<eos> <assistant>"]
+    scores = scorer.score(odd, task.test)
+    assert torch.isfinite(scores.label_logprobs).all()
+    # whitespace renders exactly like the empty prompt
+    torch.testing.assert_close(scores.label_logprobs[1], scores.label_logprobs[0], atol=1e-5, rtol=0)
+    assert task.render("{input}", "x") == "{input} input : x sentiment :"  # no second substitution
+
+
+def test_prompt_longer_than_the_context_keeps_its_end():
+    tok = make_tokenizer()
+    model = make_model(len(tok))  # context of 1024 positions
+    task = make_task()
+    scorer = HFScorer(model, tok, task, "tiny")
+    long_prompt = " ".join(["the movie was good and"] * 400)  # 2000 words
+    scores = scorer.score([long_prompt, "classify"], task.test)
+    assert torch.isfinite(scores.label_logprobs).all()
+    seqs = scorer._fit_context(tok([task.render(long_prompt, "great")])["input_ids"])
+    assert len(seqs[0]) == 1024 and tok.decode(seqs[0]).endswith("input : great sentiment :")

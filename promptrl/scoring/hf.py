@@ -81,6 +81,7 @@ class HFScorer(Scorer):
     @torch.inference_mode()
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        seqs = self._fit_context(seqs)
         self.tokens += sum(len(s) for s in seqs)
         out = torch.empty(len(seqs), len(self.label_ids))
         size = group_size if (self.prefix_reuse and group_size) else len(seqs)
@@ -89,6 +90,18 @@ class HFScorer(Scorer):
             plen = common_prefix_length(group) if self.prefix_reuse else 0
             out[g:g + size] = self._score(group, plen if plen >= MIN_SHARED_PREFIX else 0)
         return out
+
+    def _fit_context(self, seqs: list[list[int]]) -> list[list[int]]:
+        """A text longer than the target's context keeps its last tokens: the start of an
+        over-long instruction is dropped, the input and the answer slot stay (and it is scored,
+        not rejected, so an agent that rambles simply earns what its truncated prompt earns)."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit or all(len(s) <= limit for s in seqs):
+            return seqs
+        n = sum(len(s) > limit for s in seqs)
+        log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
+                    n, len(seqs), limit)
+        return [s[-limit:] for s in seqs]
 
     def _score(self, seqs: list[list[int]], plen: int) -> torch.Tensor:
         """Label log-probs of `seqs`, whose first `plen` tokens are identical: those are run once
