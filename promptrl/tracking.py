@@ -100,7 +100,8 @@ class Tracker:
     mirrored to wandb when enabled. On resume the file is cut back to the checkpoint's step so
     no row is duplicated or lost."""
 
-    def __init__(self, directory: Path, logger_cfg, config: dict | None = None, resume_step: int | None = None):
+    def __init__(self, directory: Path, logger_cfg, config: dict | None = None, resume_step: int | None = None,
+                 identity: dict | None = None):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
@@ -110,7 +111,7 @@ class Tracker:
             self.path.unlink(missing_ok=True)
         self.wandb = None
         if logger_cfg.wandb:
-            self.wandb = _init_wandb(directory, logger_cfg, config or {})
+            self.wandb = _init_wandb(directory, logger_cfg, config or {}, identity or {})
 
     def log(self, row: dict) -> None:
         row = _jsonable(row)
@@ -135,14 +136,33 @@ def _row_step(line: str) -> int | None:
         return None
 
 
-def _init_wandb(directory: Path, cfg, config: dict):
+def wandb_identity(config: dict) -> dict:
+    """Name, group and tags that line runs up in the wandb UI: a sweep's jobs share a group (the
+    sweep directory) and are named by their overrides; tags are task/algo/agent/target."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    get = lambda *keys: next((str(config[k]["name"]) for k in keys if isinstance(config.get(k), dict) and "name" in config[k]), None)
+    tags = [t for t in (get("task"), get("algo"), get("agent") and f"agent={get('agent')}", get("target") and f"target={get('target')}") if t]
+    identity = {"tags": tags}
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:
+            identity["group"] = str(hc.sweep.dir)
+            identity["name"] = hc.job.override_dirname or f"job{hc.job.num}"
+    return identity
+
+
+def _init_wandb(directory: Path, cfg, config: dict, identity: dict):
     import wandb
 
-    kwargs = dict(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-                  dir=str(directory), config=redact(config), name=directory.name, resume="allow",
+    kwargs = dict(project=cfg.project, entity=cfg.entity, group=cfg.group or identity.get("group"),
+                  tags=list(cfg.tags) or identity.get("tags") or None, dir=str(directory), config=redact(config),
+                  name=identity.get("name", directory.name), resume="allow",
                   id=re.sub(r"[^A-Za-z0-9_-]", "-", str(directory.resolve()))[-64:])
     try:
         return wandb.init(mode=cfg.mode, **kwargs)
     except Exception as e:  # unreachable server, bad key: keep the run, log offline
         log.warning("wandb init failed (%s); logging offline in %s", str(e).splitlines()[0][:200], directory)
+        wandb.teardown()  # the failed attempt still holds the run id in wandb's service process
         return wandb.init(mode="offline", **kwargs)

@@ -17,7 +17,7 @@ from promptrl.evaluate import final_evaluation
 from promptrl.models import load_model
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
-from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, write_json
+from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, wandb_identity, write_json
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ def run_train(cfg: DictConfig) -> dict:
     except (ImportError, AttributeError):
         raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported; expected a class such as "
                         "promptrl.algos.appo.APPOTrainer") from None
+    trainer_cls.check_config(cfg.algo)
     seed_everything(cfg.seed)
     task = load_task(cfg.task, cfg.seed)
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)
@@ -74,8 +75,9 @@ def run_train(cfg: DictConfig) -> dict:
     trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                           budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
     resumed = bool(cfg.resume) and trainer.try_resume()
-    trainer.tracker = Tracker(out, cfg.logger, OmegaConf.to_container(cfg, resolve=True),
-                              resume_step=trainer.step - 1 if resumed else None)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    trainer.tracker = Tracker(out, cfg.logger, config, resume_step=trainer.step - 1 if resumed else None,
+                              identity=wandb_identity(config))
     if not resumed:
         seed_everything(cfg.seed)  # sampling starts from the same RNG state for every run of this seed
     trainer.run()

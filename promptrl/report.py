@@ -1,0 +1,253 @@
+"""`promptrl report`: compare finished runs — a table of mean ± std over seeds, CSV/Markdown, plots.
+
+A run is any directory with a `results.json` (and, for plots, `metrics.jsonl`); `failed.json`
+marks a sweep job that failed. Runs are grouped by config keys (default `task.name algo.name`),
+read from each run's `config_resolved.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from promptrl.errors import UserError
+
+DEFAULT_BY = ["task.name", "algo.name"]
+METRICS = [  # (results.json key, column title, scale)
+    ("test_accuracy", "test acc", 1.0),  # of the dev-selected prompt
+    ("paper_test_accuracy", "paper acc", 1.0),  # max over the queue on test (the paper's protocol)
+    ("manual_test_accuracy", "manual acc", 1.0),
+    ("target_calls", "calls", 1.0),
+    ("wall_time_s", "wall min", 1 / 60),
+]
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    results: dict | None  # None: the job failed
+    rows: list[dict] = field(default_factory=list)
+
+    def key(self, by: list[str]) -> tuple:
+        cfg = OmegaConf.create(self.config)
+        return tuple(str(OmegaConf.select(cfg, k, default=None)) for k in by)
+
+
+def find_runs(patterns: list[str]) -> list[Run]:
+    dirs: set[Path] = set()
+    for pattern in patterns:
+        matches = [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]
+        for m in matches:
+            if not m.exists():
+                raise UserError(f"report: {pattern!r} matches no file or directory; expected run or sweep directories")
+            for marker in ("results.json", "failed.json"):
+                dirs.update(p.parent for p in ([m] if m.name == marker else m.rglob(marker)))
+    if not dirs:
+        raise UserError(f"report: no runs (results.json or failed.json) under {', '.join(patterns)}")
+    return [load_run(d) for d in sorted(dirs)]
+
+
+def load_run(d: Path) -> Run:
+    cfg_path = d / "config_resolved.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.is_file() else {}
+    results = json.loads((d / "results.json").read_text()) if (d / "results.json").is_file() else None
+    rows = []
+    if (d / "metrics.jsonl").is_file():
+        for line in (d / "metrics.jsonl").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+    return Run(d, config, results, rows)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(runs: list[Run], by: list[str]) -> list[dict]:
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.key(by), []).append(r)
+    table = []
+    for key in sorted(groups):
+        members = groups[key]
+        done = [r.results for r in members if r.results is not None]
+        row = {**dict(zip(by, key)), "runs": len(done), "failed": len(members) - len(done),
+               "seeds": " ".join(str(r.get("seed")) for r in done)}
+        for name, _, scale in METRICS:
+            vals = [float(r[name]) * scale for r in done if r.get(name) is not None]
+            row[f"{name}_mean"], row[f"{name}_std"] = mean_std(vals)
+        table.append(row)
+    return table
+
+
+def fmt(mean: float, std: float, name: str) -> str:
+    if math.isnan(mean):
+        return "-"
+    if name in ("target_calls",):
+        return f"{mean:.0f}"
+    digits = 1 if name == "wall_time_s" else 3
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table_cells(table: list[dict], by: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = [k.split(".")[0] if k.endswith(".name") else k for k in by] + ["runs", "failed"] + [t for _, t, _ in METRICS]
+    cells = [[str(row[k]) for k in by] + [str(row["runs"]), str(row["failed"])]
+             + [fmt(row[f"{n}_mean"], row[f"{n}_std"], n) for n, _, _ in METRICS] for row in table]
+    return header, cells
+
+
+def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "report.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    header, cells = table_cells(table, by)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def curve(runs: list[Run], x_key: str, y_key: str) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Mean, min and max over runs of y at each x (step rows only; x values aligned by value)."""
+    per_x: dict[float, list[float]] = {}
+    for r in runs:
+        for row in r.rows:
+            if "anchor" in row or row.get(y_key) is None or row.get(x_key) is None:
+                continue
+            per_x.setdefault(float(row[x_key]), []).append(float(row[y_key]))
+    xs = sorted(per_x)
+    return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
+
+
+def plot(runs: list[Run], by: list[str], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if r.rows:
+            groups.setdefault(" / ".join(r.key(by)), []).append(r)
+    written = []
+    for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
+                                       ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png")]:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for label, members in groups.items():
+            xs, mean, lo, hi = curve(members, x_key, y_key)
+            if not xs:
+                continue
+            line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})")
+            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+        ax.set_xlabel(x_key.replace("_", " "))
+        ax.set_ylabel(y_key.replace("_", " "))
+        ax.set_title(f"{title}; band = min..max over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
+        written.append(out / fname)
+    written.append(plot_dev(groups, out, plt))
+    return written
+
+
+def plot_dev(groups: dict[str, list[Run]], out: Path, plt) -> Path:
+    """Policy dev accuracy at every anchor check, mean over seeds; each check's decision marked."""
+    markers = {"update": ("^", "anchor update"), "rollback": ("v", "rollback"), "keep": ("o", "keep")}
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    shown = set()
+    for label, members in groups.items():
+        checks: dict[int, list[float]] = {}
+        for r in members:
+            for row in r.rows:
+                if row.get("policy_dev_acc") is not None:
+                    checks.setdefault(int(row["step"]), []).append(float(row["policy_dev_acc"]))
+        if not checks:
+            continue
+        steps = sorted(checks)
+        line, = ax.plot(steps, [statistics.fmean(checks[s]) for s in steps], label=label)
+        for r in members:
+            for row in r.rows:
+                decision = row.get("anchor")
+                if decision in markers and row.get("policy_dev_acc") is not None:
+                    m, name = markers[decision]
+                    ax.scatter(row["step"], row["policy_dev_acc"], marker=m, color=line.get_color(), s=40,
+                               label=name if name not in shown else None, edgecolors="black", linewidths=0.5)
+                    shown.add(name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("policy dev accuracy at anchor checks")
+    ax.set_title("APPO dev checks (markers: each seed's decision)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no anchor checks in these runs", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path = out / "dev_accuracy.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def wandb_runs(path: str) -> list[Run]:
+    """The same Run records from a wandb project ("entity/project"): config, summary and history."""
+    import wandb
+
+    try:
+        api_runs = wandb.Api().runs(path)
+    except Exception as e:
+        raise UserError(f"report: cannot read wandb project {path!r} ({str(e).splitlines()[0][:200]})") from None
+    runs = []
+    for w in api_runs:
+        summary = dict(w.summary)
+        results = summary if "test_accuracy" in summary else None
+        rows = [dict(r) for r in w.scan_history()]
+        for row in rows:
+            row.setdefault("step", row.get("_step"))
+        runs.append(Run(Path(w.path if isinstance(w.path, str) else "/".join(w.path)), dict(w.config), results, rows))
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="promptrl report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="*", help="run or sweep directories, or globs of them")
+    parser.add_argument("--by", default=",".join(DEFAULT_BY),
+                        help="comma-separated config keys to group by (default: task.name,algo.name)")
+    parser.add_argument("--out", help="where report.csv, report.md and the PNGs go (default: <first path>/report)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead of (or besides) disk")
+    parser.add_argument("--no-plots", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.paths and not args.wandb:
+        raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
+    by = [k.strip() for k in args.by.split(",") if k.strip()]
+    runs = (find_runs(args.paths) if args.paths else []) + (wandb_runs(args.wandb) if args.wandb else [])
+    unknown = [k for k in by if all(OmegaConf.select(OmegaConf.create(r.config), k, default=None) is None for r in runs)]
+    if unknown:
+        raise UserError(f"report: --by key(s) {unknown} are in no run's config; e.g. task.name, algo.name, seed, algo.reference")
+    table = summarize(runs, by)
+    out = Path(args.out) if args.out else (Path(glob.glob(args.paths[0])[0]) if args.paths else Path("report")) / "report"
+    write_outputs(table, by, out)
+    from promptrl.tracking import print_table
+
+    header, cells = table_cells(table, by)
+    print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean ± std over runs)", header, cells)
+    written = [out / "report.csv", out / "report.md"]
+    if not args.no_plots:
+        written += plot(runs, by, out)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0

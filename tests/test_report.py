@@ -1,0 +1,161 @@
+"""`promptrl report`, sweeps that survive a failing job, wandb grouping, and the launcher configs."""
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
+
+from promptrl.cli import CONF_DIR
+from promptrl.config import register_configs
+from promptrl.tracking import wandb_identity
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def promptrl(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=900)
+
+
+def assert_valid_png(path):
+    import matplotlib.image
+
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 2000, path
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0  # not a blank canvas
+
+
+def fake_run(d, algo, seed, test, calls, rows):
+    d.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"seed": seed, "task": {"name": "sst2"}, "algo": {"name": algo}}), d / "config_resolved.yaml")
+    (d / "results.json").write_text(json.dumps({"algo": algo, "seed": seed, "test_accuracy": test, "paper_test_accuracy": test + 0.01,
+                                                "manual_test_accuracy": 0.5, "target_calls": calls, "wall_time_s": 60.0}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
+    sweep = tmp_path / "sweep"
+    steps = lambda base: [{"step": s, "reward_mean": base + s, "best_reward": base + s, "target_calls": 64 * (s + 1)} for s in range(3)]
+    fake_run(sweep / "0", "appo", 0, 0.70, 1024, steps(1) + [{"step": 2, "anchor": "update", "policy_dev_acc": 0.8}])
+    fake_run(sweep / "1", "appo", 1, 0.80, 1000, steps(2) + [{"step": 2, "anchor": "rollback", "policy_dev_acc": 0.6}])
+    fake_run(sweep / "2", "ape", 0, 0.65, 1024, steps(0))
+    (sweep / "3").mkdir()
+    OmegaConf.save(OmegaConf.create({"seed": 1, "task": {"name": "sst2"}, "algo": {"name": "ape"}}), sweep / "3" / "config_resolved.yaml")
+    (sweep / "3" / "failed.json").write_text(json.dumps({"error": "boom"}))
+    r = promptrl("report", str(sweep))
+    assert r.returncode == 0, r.stderr
+    rows = {row["algo.name"]: row for row in csv.DictReader((sweep / "report" / "report.csv").open())}
+    assert float(rows["appo"]["test_accuracy_mean"]) == pytest.approx(0.75)
+    assert float(rows["appo"]["test_accuracy_std"]) == pytest.approx(statistics.stdev([0.7, 0.8]))
+    assert rows["appo"]["runs"] == "2" and rows["ape"]["runs"] == "1" and rows["ape"]["failed"] == "1"
+    assert "0.750 ± 0.071" in (sweep / "report" / "report.md").read_text()
+    for name in ("reward.png", "best_reward_vs_calls.png", "dev_accuracy.png"):
+        assert_valid_png(sweep / "report" / name)
+    by_seed = promptrl("report", str(sweep), "--by", "seed", "--no-plots", "--out", str(tmp_path / "by-seed"))
+    assert by_seed.returncode == 0 and "seed" in (tmp_path / "by-seed" / "report.md").read_text()
+
+
+def test_report_bad_arguments_are_one_line(tmp_path):
+    r = promptrl("report", str(tmp_path / "nothing-here"))
+    assert r.returncode == 2 and r.stderr.strip().startswith("promptrl: error: report:") and "matches no file" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = promptrl("report", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "no runs (results.json or failed.json)" in r.stderr
+
+
+@pytest.mark.slow
+def test_multirun_then_report_on_the_embedded_model(tmp_path, shared_data):
+    """2 algos x 2 seeds with a tiny budget, one extra job that fails; the sweep finishes the
+    others, exits non-zero naming the failure, and the report's numbers are the runs' numbers."""
+    sweep = tmp_path / "sweep"
+    r = promptrl("train", "-m", "experiment=compare_sst2", "algo=manual,ape", "seed=0,1", "budget.target_calls=16",
+                 "algo.queue_size=2", "agent.max_new_tokens=8", "task.max_test_examples=16",
+                 f"hydra.sweep.dir={sweep}", env={"PROMPTRL_DATA": str(shared_data), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
+    assert sorted((x["algo"], x["seed"]) for x in results) == [("ape", 0), ("ape", 1), ("manual", 0), ("manual", 1)]
+    assert all(x["target_calls"] <= 16 + 4 * 16 for x in results)  # budget + at most one step
+
+    failing = promptrl("train", "-m", "experiment=compare_sst2", "algo=manual", "seed=0", "task.data_dir=/no/such/dir,"
+                       + str(shared_data), "task.max_test_examples=8", f"hydra.sweep.dir={tmp_path / 'failing'}",
+                       env={"HF_HUB_OFFLINE": "1"})
+    assert failing.returncode == 1 and "1 sweep job(s) failed" in failing.stderr and "/no/such/dir" in failing.stderr
+    assert (tmp_path / "failing" / "0" / "failed.json").exists() and (tmp_path / "failing" / "1" / "results.json").exists()
+
+    rep = promptrl("report", str(sweep))
+    assert rep.returncode == 0, rep.stderr
+    assert "sst2" in rep.stdout and "ape" in rep.stdout and "manual" in rep.stdout
+    rows = {row["algo.name"]: row for row in csv.DictReader((sweep / "report" / "report.csv").open())}
+    for algo in ("ape", "manual"):
+        accs = [x["test_accuracy"] for x in results if x["algo"] == algo]
+        assert float(rows[algo]["test_accuracy_mean"]) == pytest.approx(statistics.fmean(accs))
+        assert float(rows[algo]["test_accuracy_std"]) == pytest.approx(statistics.stdev(accs))
+        assert float(rows[algo]["target_calls_mean"]) == pytest.approx(statistics.fmean(x["target_calls"] for x in results if x["algo"] == algo))
+    for name in ("reward.png", "best_reward_vs_calls.png", "dev_accuracy.png"):
+        assert_valid_png(sweep / "report" / name)
+
+
+def compose_train(overrides):
+    register_configs()
+    with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="train"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_config_reaches_submitit(tmp_path, monkeypatch):
+    cfg = compose_train(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2",
+                         "hydra.launcher.mem_gb=80", "hydra.launcher.timeout_min=90"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.partition, launcher.gpus_per_node, launcher.mem_gb, launcher.timeout_min) == ("gpu", 2, 80, 90)
+    assert launcher.cpus_per_task == 8
+    # Build the submitit executor exactly as SlurmLauncher.launch does, and read the sbatch script.
+    import submitit
+    from hydra.utils import instantiate
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    fake_bin = tmp_path / "bin"  # submitit refuses to build a SLURM executor where no `srun` is on PATH
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    plugin = instantiate(launcher)
+    base = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor = submitit.AutoExecutor(folder=tmp_path, cluster="slurm", slurm_max_num_timeout=plugin.params["max_num_timeout"])
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in plugin.params.items()
+                                  if k not in ("submitit_folder", "max_num_timeout")})
+    sbatch = executor._executor._make_submission_file_text("echo hi", "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=2", "#SBATCH --mem=80GB", "#SBATCH --time=90",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --job-name=promptrl-train"):
+        assert line in sbatch, (line, sbatch)
+
+
+def test_parallel_launcher_config():
+    cfg = compose_train(["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=4"])
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert cfg.hydra.launcher.n_jobs == 4
+
+
+def test_sweep_jobs_share_a_wandb_group_and_carry_tags():
+    cfg = compose_train(["algo=ape", "seed=1"])
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = "outputs/multirun/2026-11-22/10-00-00"
+        cfg.hydra.job.override_dirname = "algo=ape,seed=1"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        config = OmegaConf.to_container(cfg, resolve=False)
+        config.pop("hydra")
+        identity = wandb_identity(config)
+    finally:
+        HydraConfig.instance().cfg = None
+    assert identity == {"tags": ["sst2", "ape", "agent=smollm2-135m", "target=smollm2-135m"],
+                        "group": "outputs/multirun/2026-11-22/10-00-00", "name": "algo=ape,seed=1"}
