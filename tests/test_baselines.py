@@ -14,7 +14,6 @@ from promptrl.algos.opro import OPRO, extract_instruction, meta_prompt
 from promptrl.config import APEConfig, APPOConfig, ManualConfig, OPROConfig
 from promptrl.errors import UserError
 from promptrl.scoring import ClassificationScores, Scorer
-from promptrl.tasks import Example
 from promptrl.tracking import Tracker
 
 from test_agent_trainer import make_agent, toy_task
