@@ -65,6 +65,8 @@ class TargetConfig(ModelSource):
     # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.
     prefix_reuse: bool = True
     num_threads: Optional[int] = None
+    # Persistent prompt-score cache under cache_dir/scores.sqlite (promptrl/scoring/cache.py).
+    score_cache: bool = True
 
 
 @dataclass

@@ -63,7 +63,8 @@ def run_eval(cfg: DictConfig) -> dict:
         "n_dev": len(task.dev), "n_test": len(task.test), "data": task.source,
         "template": task.template, "label_words": task.label_words,
         "prompts": [{"name": n, **r} for n, r in by_name.items()],
-        "target_calls": scorer.calls, "target_tokens": scorer.tokens, "wall_time_s": time.time() - start,
+        "target_calls": scorer.calls, "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits,
+        "cache_misses": scorer.cache_misses, "wall_time_s": time.time() - start,
     }
     for name in ("manual", "empty"):
         if name in by_name:

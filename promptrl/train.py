@@ -90,6 +90,7 @@ def run_train(cfg: DictConfig) -> dict:
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
         "label_words": task.label_words, **final, **trainer.summary(), "steps": trainer.step,
         "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
+        "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
         "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
     }
     write_json(out / "results.json", results)

@@ -30,11 +30,13 @@ def train(shared_data, *args, crash_at=None):
 
 def metrics(run):
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("time_")} for r in rows]
+    # Times differ, and so does the work the target did: a resumed run finds the scorings of the
+    # steps it repeats in the prompt-score cache (cache counts, tokens processed).
+    return [{k: v for k, v in r.items() if not k.startswith(("time_", "cache_")) and k != "target_tokens"} for r in rows]
 
 
 def comparable(results):
-    drop = {"wall_time_s", "train_time_s"}
+    drop = {"wall_time_s", "train_time_s", "cache_hits", "cache_misses", "target_tokens"}
     return {k: v for k, v in results.items() if k not in drop}
 
 

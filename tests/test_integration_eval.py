@@ -41,6 +41,12 @@ def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
     assert 0.0 <= res["manual_test_accuracy"] <= 1.0 and 0.0 <= res["empty_test_accuracy"] <= 1.0
     assert res["target_calls"] == 2 * (32 + 64)
     assert (tmp_path / "config_resolved.yaml").is_file() and (tmp_path / "versions.json").is_file()
+    # the same evaluation again: every scoring comes from the prompt-score cache, no forward pass
+    again = eval_cli(shared_data, "target=smollm2-135m", "task.max_test_examples=64", f"hydra.run.dir={tmp_path / 'again'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    res2 = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert res2["cache_misses"] == 0 and res2["cache_hits"] == res2["target_calls"] == res["target_calls"]
+    assert res2["target_tokens"] == 0 and res2["prompts"] == res["prompts"]
 
 
 def test_real_tokenizer_rejects_multi_token_label_word(tmp_path, shared_data):

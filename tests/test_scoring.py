@@ -121,3 +121,80 @@ def test_prompt_longer_than_the_context_keeps_its_end():
     assert torch.isfinite(scores.label_logprobs).all()
     seqs = scorer._fit_context(tok([task.render(long_prompt, "great")])["input_ids"])
     assert len(seqs[0]) == 1024 and tok.decode(seqs[0]).endswith("input : great sentiment :")
+
+
+def cached_scorer(tmp_path, model, tok, task):
+    from promptrl.scoring import attach_cache
+
+    scorer = HFScorer(model, tok, task, "tiny")
+    attach_cache(scorer, tmp_path / "scores.sqlite")
+    return scorer
+
+
+def count_forwards(model):
+    calls = {"n": 0}
+    model.get_decoder().register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    return calls
+
+
+def test_second_identical_scoring_runs_no_forward_pass(tmp_path):
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    task = make_task()
+    first = cached_scorer(tmp_path, model, tok, task)
+    want = first.score(PROMPTS, task.test).label_logprobs
+    assert first.cache_misses == len(PROMPTS) * len(TEXTS) and first.cache_hits == 0
+    again = cached_scorer(tmp_path, model, tok, task)  # a new run: a new scorer, the same file
+    forwards = count_forwards(model)
+    got = again.score(PROMPTS, task.test).label_logprobs
+    assert forwards["n"] == 0 and again.cache_hits == len(PROMPTS) * len(TEXTS) and again.cache_misses == 0
+    assert torch.equal(got, want) and again.calls == first.calls
+
+
+def test_partly_cached_prompts_match_an_uncached_scorer(tmp_path):
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    task = make_task()
+    scorer = cached_scorer(tmp_path, model, tok, task)
+    scorer.score(PROMPTS[:2], task.test[:3])  # some prompts fully, others partly, one not at all
+    forwards = count_forwards(model)
+    got = scorer.score(PROMPTS, task.test).label_logprobs
+    want = HFScorer(model, tok, task, "tiny").score(PROMPTS, task.test).label_logprobs
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert scorer.cache_hits == 2 * 3 and scorer.cache_misses == 2 * 3 + (3 * 5 - 2 * 3)
+    assert forwards["n"] > 0
+
+
+def test_cache_keys_on_template_and_label_words(tmp_path):
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    cached_scorer(tmp_path, model, tok, make_task()).score(PROMPTS, make_task().test)
+    other = cached_scorer(tmp_path, model, tok, make_task(template="{prompt} review : {input} sentiment :"))
+    other.score(PROMPTS, other.task.test)
+    assert other.cache_hits == 0
+
+
+def test_cache_is_safe_for_concurrent_writers(tmp_path):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_rows, args=(tmp_path / "scores.sqlite", w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    from promptrl.scoring.cache import ScoreCache
+
+    cache = ScoreCache(tmp_path / "scores.sqlite", "ns")
+    for w in range(3):
+        got = cache.get(f"prompt {w}", [f"ex{i}" for i in range(200)])
+        assert len(got) == 200 and torch.equal(got["ex7"], torch.tensor([float(w), 7.0]))
+
+
+def _write_rows(path, worker):
+    from promptrl.scoring.cache import ScoreCache
+
+    cache = ScoreCache(path, "ns")
+    for i in range(200):
+        cache.put(f"prompt {worker}", [f"ex{i}"], torch.tensor([[float(worker), float(i)]]))

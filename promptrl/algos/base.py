@@ -130,6 +130,7 @@ class PromptOptimizer:
                 step_start = time.time()
                 row = {"step": self.step, **self.train_step()}
                 row.update(target_calls=self.scorer.calls, target_tokens=self.scorer.tokens,
+                           cache_hits=self.scorer.cache_hits, cache_misses=self.scorer.cache_misses,
                            best_reward=self.best_reward(), time_step=time.time() - step_start)
                 self.log(row)
                 self.after_step()

@@ -8,10 +8,12 @@ work goes, and it is what makes budgets comparable: `calls` counts prompt x exam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from promptrl.errors import UserError
+from promptrl.scoring.cache import example_key
 from promptrl.tasks import Example, Task
 
 
@@ -50,20 +52,58 @@ class ClassificationScores:
 
 
 class Scorer:
-    """Base class: subclasses implement `_label_logprobs` for a flat list of rendered texts."""
+    """Base class: subclasses implement `_label_logprobs` for a flat list of rendered texts.
+
+    `calls` counts prompt x example scorings asked for (the budget's unit, cached or not);
+    `tokens` the target tokens actually processed; `cache_hits`/`cache_misses` the scorings
+    answered by the prompt-score cache or computed (both 0 without a cache).
+    """
 
     def __init__(self, task: Task, name: str):
         self.task = task
         self.name = name
-        self.calls = 0  # prompt x example scorings
-        self.tokens = 0  # target input tokens processed
+        self.calls = 0
+        self.tokens = 0
+        self.cache = None  # a ScoreCache, attached by build_scorer
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def identity(self) -> dict:
+        """What, besides the task's template and label words, determines this scorer's scores."""
+        return {"scorer": type(self).__name__, "name": self.name}
 
     def score(self, prompts: list[str], examples: list[Example]) -> ClassificationScores:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
-        texts = [self.task.render(p, ex.text) for p in prompts for ex in examples]
-        lp = self._label_logprobs(texts, group_size=len(examples)).view(len(prompts), len(examples), -1)
-        self.calls += len(texts)
+        n_labels = len(self.task.label_words)
+        lp = torch.empty(len(prompts), len(examples), n_labels)
+        keys = [example_key(ex.text) for ex in examples] if self.cache else []
+        todo = list(range(len(prompts)))  # prompts with nothing cached: scored together
+        partial = []  # (prompt index, cached scores) for prompts with some examples cached
+        if self.cache:
+            todo = []
+            for i, p in enumerate(prompts):
+                got = self.cache.get(p, keys)
+                if len(got) == len(keys):
+                    lp[i] = torch.stack([got[k] for k in keys])
+                elif got:
+                    partial.append((i, got))
+                else:
+                    todo.append(i)
+                self.cache_hits += len(got)
+        if todo:
+            texts = [self.task.render(prompts[i], ex.text) for i in todo for ex in examples]
+            lp[todo] = self._label_logprobs(texts, group_size=len(examples)).view(len(todo), len(examples), -1)
+        for i, got in partial:
+            missing = [j for j, k in enumerate(keys) if k not in got]
+            fresh = self._label_logprobs([self.task.render(prompts[i], examples[j].text) for j in missing])
+            for j, k in enumerate(keys):
+                lp[i, j] = got[k] if k in got else fresh[missing.index(j)]
+        if self.cache:
+            self.cache_misses += len(todo) * len(examples) + sum(len(keys) - len(got) for _, got in partial)
+            for i in todo + [i for i, _ in partial]:
+                self.cache.put(prompts[i], keys, lp[i])
+        self.calls += len(prompts) * len(examples)
         labels = torch.tensor([ex.label for ex in examples])
         return ClassificationScores(label_logprobs=lp, labels=labels)
 
@@ -80,7 +120,17 @@ def build_scorer(target_cfg, task: Task, cache_dir: str) -> Scorer:
     if backend == "hf":
         from promptrl.scoring.hf import HFScorer
 
-        return HFScorer.from_config(target_cfg, task, cache_dir)
+        scorer = HFScorer.from_config(target_cfg, task, cache_dir)
+        if target_cfg.score_cache:
+            attach_cache(scorer, Path(cache_dir).expanduser() / "scores.sqlite")
+        return scorer
     if backend in BACKENDS:
         raise UserError(f"target.backend={backend!r} is not available in this version; use target.backend=hf")
     raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+
+
+def attach_cache(scorer: Scorer, path: Path) -> None:
+    from promptrl.scoring.cache import ScoreCache, namespace
+
+    task = scorer.task
+    scorer.cache = ScoreCache(path, namespace(**scorer.identity(), template=task.template, label_words=task.label_words))

@@ -46,8 +46,10 @@ class HFScorer(Scorer):
     answer.
     """
 
-    def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True):
+    def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True,
+                 revision: str | None = None):
         super().__init__(task, name)
+        self.revision = revision
         self.prefix_reuse = prefix_reuse
         self.model = model
         self.tokenizer = tokenizer
@@ -55,12 +57,19 @@ class HFScorer(Scorer):
         self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
         self.device = next(model.parameters()).device
 
+    def identity(self) -> dict:
+        config = self.model.config
+        return {"scorer": "hf", "name": self.name, "model": getattr(config, "_name_or_path", ""),
+                "revision": self.revision, "dtype": str(self.model.dtype),
+                "vocab": config.vocab_size, "layers": getattr(config, "num_hidden_layers", None)}
+
     @classmethod
     def from_config(cls, cfg, task: Task, cache_dir: str) -> HFScorer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         model, tok = load_model(cfg, cache_dir)
-        return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse)
+        return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse,
+                   revision=cfg.revision)
 
     def _pad(self, seqs: list[list[int]], right: bool = False):
         width = max(len(s) for s in seqs)
