@@ -121,15 +121,28 @@ def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def curve(runs: list[Run], x_key: str, y_key: str) -> tuple[list[float], list[float], list[float], list[float]]:
-    """Mean, min and max over runs of y at each x (step rows only; x values aligned by value)."""
-    per_x: dict[float, list[float]] = {}
+def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False):
+    """Mean, min and max over runs of y at each x (step rows only). With carry_forward each run
+    is a step function (its last value holds until its next row), so runs whose rows fall at
+    different x (target calls) still average point by point."""
+    series = []
     for r in runs:
-        for row in r.rows:
-            if "anchor" in row or row.get(y_key) is None or row.get(x_key) is None:
-                continue
-            per_x.setdefault(float(row[x_key]), []).append(float(row[y_key]))
-    xs = sorted(per_x)
+        points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
+                        if "anchor" not in row and row.get(y_key) is not None and row.get(x_key) is not None)
+        if points:
+            series.append(points)
+    xs = sorted({x for points in series for x, _ in points})
+    per_x: dict[float, list[float]] = {x: [] for x in xs}
+    for points in series:
+        values = dict(points)
+        last = None
+        for x in xs:
+            if x in values:
+                last = values[x]
+                per_x[x].append(last)
+            elif carry_forward and last is not None and x <= points[-1][0]:
+                per_x[x].append(last)
+    xs = [x for x in xs if per_x[x]]
     return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
 
 
@@ -141,14 +154,14 @@ def plot(runs: list[Run], by: list[str], out: Path) -> list[Path]:
 
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        if r.rows:
+        if any("reward_mean" in row for row in r.rows):  # the manual prompt has no search to draw
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
     for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
                                        ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png")]:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for label, members in groups.items():
-            xs, mean, lo, hi = curve(members, x_key, y_key)
+            xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=y_key == "best_reward")
             if not xs:
                 continue
             line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})")
