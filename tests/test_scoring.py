@@ -3,7 +3,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.scoring import ClassificationScores
-from promptrl.scoring.hf import HFScorer, common_prefix_length, label_token_ids
+from promptrl.scoring.hf import HFScorer, common_prefix_length, fit_context, label_token_ids
 from promptrl.tasks import Example, Task
 
 from conftest import make_model, make_tokenizer
@@ -65,7 +65,22 @@ def test_prefix_reuse_runs_the_instruction_once_per_prompt():
     full = [len(tok(task.render(PROMPTS[2], t)).input_ids) for t in TEXTS]
     prompt_len = len(tok(PROMPTS[2] + " input :").input_ids)  # the text before the input words
     assert seen[0] == (1, prompt_len)  # one prefix pass of batch 1 ...
-    assert seen[1] == (len(TEXTS), max(full) - prompt_len)  # ... then only the inputs
+    assert sum(shape[0] for shape in seen[1:]) == len(TEXTS)  # ... then only the inputs
+    assert max(shape[1] for shape in seen[1:]) == max(full) - prompt_len
+
+
+def test_chunks_bound_tokens_and_padding():
+    tok = make_tokenizer()
+    scorer = HFScorer(make_model(len(tok)), tok, make_task(), "tiny", batch_tokens=100)
+    lengths = [3, 40, 12, 10, 38, 5, 11, 39, 4, 30]
+    chunks = scorer._chunks(lengths, prefix_width=10)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        width = max(lengths[i] for i in c)
+        assert len(c) == 1 or len(c) * (10 + width) <= 100
+        assert all(lengths[i] * 1.25 >= width for i in c)
+    # 3 x (10 + 40) > 100 ends the first chunk; 30 is too short to pad to 38, 5 to pad to 10 ...
+    assert [[lengths[i] for i in c] for c in chunks] == [[40, 39], [38], [30], [12, 11, 10], [5, 4], [3]]
 
 
 def test_counts_calls_and_tokens():
@@ -119,7 +134,7 @@ def test_prompt_longer_than_the_context_keeps_its_end():
     long_prompt = " ".join(["the movie was good and"] * 400)  # 2000 words
     scores = scorer.score([long_prompt, "classify"], task.test)
     assert torch.isfinite(scores.label_logprobs).all()
-    seqs = scorer._fit_context(tok([task.render(long_prompt, "great")])["input_ids"])
+    seqs = fit_context(tok([task.render(long_prompt, "great")])["input_ids"], model.config.max_position_embeddings)
     assert len(seqs[0]) == 1024 and tok.decode(seqs[0]).endswith("input : great sentiment :")
 
 
@@ -198,3 +213,4 @@ def _write_rows(path, worker):
     cache = ScoreCache(path, "ns")
     for i in range(200):
         cache.put(f"prompt {worker}", [f"ex{i}"], torch.tensor([[float(worker), float(i)]]))
+

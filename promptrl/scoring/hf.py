@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
+from transformers import DynamicCache
 
 from promptrl.errors import UserError
 from promptrl.models import load_model
@@ -15,6 +15,8 @@ from promptrl.tasks import Task
 log = logging.getLogger(__name__)
 # Below this many shared tokens a separate prefix pass costs more than it saves.
 MIN_SHARED_PREFIX = 4
+# A chunk's rows are at least 1/MAX_PAD_RATIO as long as its longest: bounded padding waste.
+MAX_PAD_RATIO = 1.25
 
 
 def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
@@ -35,15 +37,26 @@ def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[
     return ids
 
 
+def fit_context(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
+    """A text longer than the target's context keeps its last tokens: the start of an over-long
+    instruction is dropped, the input and the answer slot stay (and it is scored, not rejected,
+    so an agent that rambles simply earns what its truncated prompt earns)."""
+    if not limit or all(len(s) <= limit for s in seqs):
+        return seqs
+    n = sum(len(s) > limit for s in seqs)
+    log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
+                n, len(seqs), limit)
+    return [s[-limit:] for s in seqs]
+
+
 class HFScorer(Scorer):
     """Scores texts by the target's next-token log-probabilities of the label words.
 
-    Sequences are tokenised once, sorted by length and cut into chunks of at most `batch_tokens`
-    padded tokens, so padding waste stays small and memory bounded. With `prefix_reuse`, the
-    tokens a prompt's texts share (the instruction) are computed once per prompt. Only the last real position
-    of each sequence goes through the output layer. Padding follows the tokenizer's side and the
-    last position is gathered explicitly, so left- and right-padding tokenizers give the same
-    answer.
+    With `prefix_reuse`, the tokens a prompt's texts share (the instruction) are computed once
+    per prompt, all prompts in one pass, and each text's own tokens then run on a copy of its
+    prompt's KV cache. Rows of all prompts are sorted by length and cut into chunks of at most
+    `batch_tokens` tokens whose lengths differ by at most `MAX_PAD_RATIO`, so matmuls stay large
+    and padding small. Only the last real position of each text goes through the output layer.
     """
 
     def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True,
@@ -56,6 +69,7 @@ class HFScorer(Scorer):
         self.batch_tokens = batch_tokens
         self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
         self.device = next(model.parameters()).device
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def identity(self) -> dict:
         config = self.model.config
@@ -68,82 +82,93 @@ class HFScorer(Scorer):
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         model, tok = load_model(cfg, cache_dir)
+        log.info("HF scorer: %s, %d torch threads", model.dtype, torch.get_num_threads())
         return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse,
                    revision=cfg.revision)
-
-    def _pad(self, seqs: list[list[int]], right: bool = False):
-        width = max(len(s) for s in seqs)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        left = self.tokenizer.padding_side == "left" and not right
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            sl = slice(width - len(s), width) if left else slice(0, len(s))
-            ids[i, sl] = torch.tensor(s)
-            mask[i, sl] = 1
-        # Positions count real tokens only, so a left-padded sequence sees the same positions
-        # as it would alone.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        last = torch.full((len(seqs),), width - 1) if left else torch.tensor([len(s) - 1 for s in seqs])
-        return ids, mask, positions, last
 
     @torch.inference_mode()
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        seqs = self._fit_context(seqs)
+        seqs = fit_context(seqs, getattr(self.model.config, "max_position_embeddings", None))
         self.tokens += sum(len(s) for s in seqs)
-        out = torch.empty(len(seqs), len(self.label_ids))
         size = group_size if (self.prefix_reuse and group_size) else len(seqs)
+        group_of = [i // size for i in range(len(seqs))]
+        plens = []
         for g in range(0, len(seqs), size):
-            group = seqs[g:g + size]
-            plen = common_prefix_length(group) if self.prefix_reuse else 0
-            out[g:g + size] = self._score(group, plen if plen >= MIN_SHARED_PREFIX else 0)
-        return out
-
-    def _fit_context(self, seqs: list[list[int]]) -> list[list[int]]:
-        """A text longer than the target's context keeps its last tokens: the start of an
-        over-long instruction is dropped, the input and the answer slot stay (and it is scored,
-        not rejected, so an agent that rambles simply earns what its truncated prompt earns)."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not limit or all(len(s) <= limit for s in seqs):
-            return seqs
-        n = sum(len(s) > limit for s in seqs)
-        log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
-                    n, len(seqs), limit)
-        return [s[-limit:] for s in seqs]
-
-    def _score(self, seqs: list[list[int]], plen: int) -> torch.Tensor:
-        """Label log-probs of `seqs`, whose first `plen` tokens are identical: those are run once
-        and their KV cache is copied to every row of a chunk, so only the rest is computed per row."""
-        decoder = self.model.get_decoder()
-        head = self.model.get_output_embeddings()
-        prefix_cache = None
-        if plen:
-            prefix = torch.tensor(seqs[0][:plen], device=self.device).unsqueeze(0)
-            prefix_cache = decoder(input_ids=prefix, use_cache=True).past_key_values
-            seqs = [s[plen:] for s in seqs]
-        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+            plen = common_prefix_length(seqs[g:g + size]) if self.prefix_reuse else 0
+            plens.append(plen if plen >= MIN_SHARED_PREFIX else 0)
+        prefixes = self._prefix_caches([seqs[g * size][:p] for g, p in enumerate(plens)])
+        suffixes = [s[plens[group_of[i]]:] for i, s in enumerate(seqs)]
         out = torch.empty(len(seqs), len(self.label_ids))
-        start = 0
-        while start < len(order):
-            rows = max(1, self.batch_tokens // (plen + len(seqs[order[start]])))
-            chunk = order[start:start + rows]
-            ids, mask, positions, last = self._pad([seqs[i] for i in chunk], right=plen > 0)
-            kwargs = {"use_cache": False}
-            if plen:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(chunk))
-                mask = torch.cat([torch.ones(len(chunk), plen, dtype=mask.dtype), mask], dim=1)
-                kwargs = {"past_key_values": cache, "use_cache": True}
-            hidden = decoder(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=(positions + plen).to(self.device), **kwargs,
-            ).last_hidden_state
-            final = hidden[torch.arange(len(chunk), device=self.device), last.to(self.device)]
-            logits = head(final).float()
-            out[torch.tensor(chunk)] = torch.log_softmax(logits, -1)[:, self.label_ids.to(self.device)].cpu()
-            start += rows
+        for chunk in self._chunks([len(s) for s in suffixes], max(plens)):
+            rows = torch.tensor(chunk)
+            out[rows] = self._score_chunk([suffixes[i] for i in chunk], [group_of[i] for i in chunk], plens, prefixes)
         return out
+
+    def _chunks(self, lengths: list[int], prefix_width: int) -> list[list[int]]:
+        """Row indices, longest first, cut where a chunk would pass `batch_tokens` (prefix slots
+        included) or where a row is so much shorter than the chunk's first that padding it would
+        waste more than MAX_PAD_RATIO."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        chunks: list[list[int]] = []
+        for i in order:
+            if chunks:
+                chunk = chunks[-1]
+                width = lengths[chunk[0]]
+                if (len(chunk) + 1) * (prefix_width + width) <= self.batch_tokens and lengths[i] * MAX_PAD_RATIO >= width:
+                    chunk.append(i)
+                    continue
+            chunks.append([i])
+        return chunks
+
+    def _prefix_caches(self, prefixes: list[list[int]]) -> tuple[list, torch.Tensor] | None:
+        """Every prompt's shared prefix in one right-padded pass (causal attention keeps the pads
+        out of real positions). Returns per-layer (keys, values) of shape [G, heads, W, dim],
+        left-padded so each prefix ends at slot W, and a [G, W] mask of real slots."""
+        width = max(len(p) for p in prefixes)
+        if width == 0:
+            return None
+        ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
+        for g, p in enumerate(prefixes):
+            ids[g, :len(p)] = torch.tensor(p, dtype=torch.long)
+        cache = self.model.get_decoder()(input_ids=ids.to(self.device), use_cache=True).past_key_values
+        shift = torch.tensor([width - len(p) for p in prefixes], device=self.device)
+        slots = torch.arange(width, device=self.device)
+        # Right-aligned gather: slot j of group g holds position j - shift[g] (masked where < 0).
+        src = (slots.unsqueeze(0) - shift.unsqueeze(1)).clamp(min=0)
+        mask = (slots.unsqueeze(0) >= shift.unsqueeze(1)).long()
+        layers = []
+        for layer in cache.layers:
+            index = src.view(len(prefixes), 1, width, 1).expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layers.append((layer.keys.gather(2, index), layer.values.gather(2, index)))
+        return layers, mask
+
+    def _score_chunk(self, suffixes: list[list[int]], groups: list[int], plens: list[int], prefixes) -> torch.Tensor:
+        """Label log-probs of one chunk: each row's own tokens, right-padded, after its prompt's
+        cached prefix (if any)."""
+        n, width = len(suffixes), max(len(s) for s in suffixes)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for r, s in enumerate(suffixes):
+            ids[r, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[r, :len(s)] = 1
+        start = torch.tensor([plens[g] for g in groups])
+        positions = start.unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        kwargs = {"use_cache": False}
+        if prefixes is not None:
+            layers, prefix_mask = prefixes
+            g = torch.tensor(groups, device=self.device)
+            cache = DynamicCache([(k.index_select(0, g), v.index_select(0, g)) for k, v in layers], config=self.model.config)
+            mask = torch.cat([prefix_mask.index_select(0, g).cpu(), mask], dim=1)
+            kwargs = {"past_key_values": cache, "use_cache": True}
+        hidden = self.model.get_decoder()(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+            **kwargs,
+        ).last_hidden_state
+        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
+        final = hidden[torch.arange(n, device=self.device), last]
+        logits = self.model.get_output_embeddings()(final).float()
+        return torch.log_softmax(logits, -1)[:, self.label_ids.to(self.device)].cpu()
 
 
 def common_prefix_length(seqs: list[list[int]]) -> int:
