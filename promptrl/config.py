@@ -58,8 +58,46 @@ class ModelSource:
 
 
 @dataclass
+class VLLMEngineConfig:
+    """The in-process vLLM engine (target.backend=vllm). `engine_kwargs` passes any other
+    `vllm.LLM` argument through unchanged."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: Optional[int] = None  # null = the model's own context length
+    block_size: Optional[int] = None
+    max_num_seqs: Optional[int] = None
+    enforce_eager: bool = False
+    # The instruction is the shared prefix of every request of a prompt; the cache serves it once.
+    enable_prefix_caching: bool = True
+    # CPU builds only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE; without it vLLM
+    # reserves gpu_memory_utilization of all RAM and refuses to start beside other processes),
+    # and the cores its OpenMP threads are bound to (VLLM_CPU_OMP_THREADS_BIND; null = the cores
+    # this process may use, the first target.num_threads of them).
+    cpu_kvcache_space_gb: int = 4
+    cpu_threads_bind: Optional[str] = None
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ServerConfig:
+    """An OpenAI-compatible completions endpoint (target.backend=server), e.g. `vllm serve`."""
+
+    url: str = "http://localhost:8000/v1"
+    served_model: Optional[str] = None  # the name the server knows the model by; null = target.model
+    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"
+    concurrency: int = 8  # requests in flight
+    batch_size: int = 32  # texts per request
+    timeout_s: float = 120.0
+    max_retries: int = 5
+    backoff_s: float = 1.0  # first retry delay; doubles each time
+
+
+@dataclass
 class TargetConfig(ModelSource):
     backend: str = "hf"  # hf | vllm | server
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # Upper bound on padded tokens in one forward pass of the HF scorer (memory budget).
     batch_tokens: int = 16384
     # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.

@@ -54,7 +54,10 @@ def run_eval(cfg: DictConfig) -> dict:
     task = load_task(cfg.task, cfg.seed)
     named = prompts_to_evaluate(cfg, task)
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)
-    rows = evaluate_prompts(scorer, task, list(named.values()))
+    try:
+        rows = evaluate_prompts(scorer, task, list(named.values()))
+    finally:
+        scorer.close()
     by_name = dict(zip(named, rows))
     first = rows[0]
     results = {

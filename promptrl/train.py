@@ -71,20 +71,23 @@ def run_train(cfg: DictConfig) -> dict:
     seed_everything(cfg.seed)
     task = load_task(cfg.task, cfg.seed)
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)
-    agent = build_agent(cfg, cfg.seed) if trainer_cls.needs_agent else None
-    trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                          budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
-    resumed = bool(cfg.resume) and trainer.try_resume()
-    config = OmegaConf.to_container(cfg, resolve=True)
-    trainer.tracker = Tracker(out, cfg.logger, config, resume_step=trainer.step - 1 if resumed else None,
-                              identity=wandb_identity(config))
-    if not resumed:
-        seed_everything(cfg.seed)  # sampling starts from the same RNG state for every run of this seed
-    trainer.run()
-    if cfg.checkpoint_every:
-        trainer.save()  # the finished state, so a kill during final evaluation loses no training
-    calls_before_eval = scorer.calls
-    final = final_evaluation(scorer, task, trainer.queue.items)
+    try:
+        agent = build_agent(cfg, cfg.seed) if trainer_cls.needs_agent else None
+        trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+                              budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
+        resumed = bool(cfg.resume) and trainer.try_resume()
+        config = OmegaConf.to_container(cfg, resolve=True)
+        trainer.tracker = Tracker(out, cfg.logger, config, resume_step=trainer.step - 1 if resumed else None,
+                                  identity=wandb_identity(config))
+        if not resumed:
+            seed_everything(cfg.seed)  # sampling starts from the same RNG state for every run of this seed
+        trainer.run()
+        if cfg.checkpoint_every:
+            trainer.save()  # the finished state, so a kill during final evaluation loses no training
+        calls_before_eval = scorer.calls
+        final = final_evaluation(scorer, task, trainer.queue.items)
+    finally:
+        scorer.close()  # a vLLM engine is a process of its own; the next sweep job needs the memory
     results = {
         "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,

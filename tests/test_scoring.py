@@ -214,3 +214,58 @@ def _write_rows(path, worker):
     for i in range(200):
         cache.put(f"prompt {worker}", [f"ex{i}"], torch.tensor([[float(worker), float(i)]]))
 
+
+def test_server_client_retries_transient_errors_then_scores():
+    """The server backend's client: 503s are retried with backoff, then the label log-probs are
+    read from vLLM's response format (the real server is tested in test_vllm.py)."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from promptrl.scoring.server import ServerScorer
+
+    tok = make_tokenizer()
+    task = make_task()
+    label_ids = label_token_ids(tok, task.label_words, "tiny")
+    seen = {"completions": 0, "prompts": []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def reply(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            self.reply(200, {"data": [{"id": "tiny", "max_model_len": 64}]})
+
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen["completions"] += 1
+            if seen["completions"] <= 2:
+                return self.reply(503, {"error": "warming up"})
+            assert request["logprob_token_ids"] == label_ids and request["max_tokens"] == 1
+            seen["prompts"] += request["prompt"]
+            choices = [{"index": i, "logprobs": {"top_logprobs": [{f"token_id:{t}": -float(len(p) + k)
+                                                                  for k, t in enumerate(label_ids)}]}}
+                       for i, p in enumerate(request["prompt"])]
+            self.reply(200, {"choices": choices})
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        scorer = ServerScorer(tok, task, "tiny", f"http://127.0.0.1:{server.server_port}/v1", "tiny",
+                              concurrency=1, batch_size=3, backoff_s=0.01)
+        scores = scorer.score(["classify"], task.test)
+    finally:
+        server.shutdown()
+    assert scorer.max_len == 64
+    assert seen["completions"] == 2 + 2  # two refused, then 5 texts in batches of 3
+    lengths = torch.tensor([len(tok(task.render("classify", e.text)).input_ids) for e in task.test], dtype=torch.float)
+    torch.testing.assert_close(scores.label_logprobs[0], -torch.stack([lengths, lengths + 1], dim=1))
+    assert seen["prompts"] == [tok(task.render("classify", e.text)).input_ids for e in task.test]

@@ -72,6 +72,9 @@ class Scorer:
         """What, besides the task's template and label words, determines this scorer's scores."""
         return {"scorer": type(self).__name__, "name": self.name}
 
+    def close(self) -> None:
+        """Release what the backend holds beyond memory (engine processes, connections)."""
+
     def score(self, prompts: list[str], examples: list[Example]) -> ClassificationScores:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
@@ -118,15 +121,17 @@ BACKENDS = ("hf", "vllm", "server")
 def build_scorer(target_cfg, task: Task, cache_dir: str) -> Scorer:
     backend = target_cfg.backend
     if backend == "hf":
-        from promptrl.scoring.hf import HFScorer
-
-        scorer = HFScorer.from_config(target_cfg, task, cache_dir)
-        if target_cfg.score_cache:
-            attach_cache(scorer, Path(cache_dir).expanduser() / "scores.sqlite")
-        return scorer
-    if backend in BACKENDS:
-        raise UserError(f"target.backend={backend!r} is not available in this version; use target.backend=hf")
-    raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+        from promptrl.scoring.hf import HFScorer as cls
+    elif backend == "vllm":
+        from promptrl.scoring.vllm_engine import VLLMScorer as cls
+    elif backend == "server":
+        from promptrl.scoring.server import ServerScorer as cls
+    else:
+        raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
+    scorer = cls.from_config(target_cfg, task, cache_dir)
+    if target_cfg.score_cache:
+        attach_cache(scorer, Path(cache_dir).expanduser() / "scores.sqlite")
+    return scorer
 
 
 def attach_cache(scorer: Scorer, path: Path) -> None:

@@ -1,0 +1,125 @@
+"""Target scoring through an OpenAI-compatible completions endpoint (target.backend=server).
+
+Meant for `vllm serve` (one big target, possibly tensor-parallel on other GPUs or another
+machine). Texts are tokenised here and sent as token-id prompts, so the server scores exactly
+the tokens the other backends score. Each request asks for one token with vLLM's
+`logprob_token_ids` extension, which returns the exact log-probability of every label word.
+An endpoint without that extension (OpenAI's own API, most other servers) can only return the
+top-k log-probs, where label words are often missing; such an endpoint is refused with a clear
+error rather than scored approximately.
+
+Requests of `batch_size` texts run `concurrency` at a time; connection errors, timeouts, 429 and
+5xx answers are retried with exponential backoff, other errors stop the run with the server's
+message.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import torch
+
+from promptrl.errors import UserError
+from promptrl.models import load_tokenizer
+from promptrl.scoring import Scorer
+from promptrl.scoring.hf import fit_context, label_token_ids
+from promptrl.tasks import Task
+
+log = logging.getLogger(__name__)
+RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+class ServerScorer(Scorer):
+    def __init__(self, tokenizer, task: Task, name: str, url: str, served_model: str, api_key: str | None = None,
+                 concurrency: int = 8, batch_size: int = 32, timeout_s: float = 120.0, max_retries: int = 5,
+                 backoff_s: float = 1.0, max_len: int | None = None):
+        super().__init__(task, name)
+        for key, value in {"concurrency": concurrency, "batch_size": batch_size, "max_retries + 1": max_retries + 1}.items():
+            if value < 1:
+                raise UserError(f"target.server.{key.split()[0]}={value}; expected a positive integer")
+        self.tokenizer = tokenizer
+        self.label_ids = label_token_ids(tokenizer, task.label_words, name)
+        self.url = url.rstrip("/")
+        self.served_model = served_model
+        self.concurrency, self.batch_size = concurrency, batch_size
+        self.max_retries, self.backoff_s = max_retries, backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout_s, headers=headers,
+                                   limits=httpx.Limits(max_connections=concurrency))
+        self.max_len = max_len if max_len is not None else self._served_max_len()
+
+    def identity(self) -> dict:
+        return {"scorer": "server", "name": self.name, "url": self.url, "model": self.served_model}
+
+    @classmethod
+    def from_config(cls, cfg, task: Task, cache_dir: str) -> ServerScorer:
+        s = cfg.server
+        return cls(load_tokenizer(cfg, cache_dir), task, cfg.name, s.url, s.served_model or cfg.model,
+                   api_key=s.api_key, concurrency=s.concurrency, batch_size=s.batch_size, timeout_s=s.timeout_s,
+                   max_retries=s.max_retries, backoff_s=s.backoff_s)
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _post(self, path: str, payload: dict | None = None) -> dict:
+        """One call with retries; a UserError names the URL and what the server said."""
+        url = f"{self.url}{path}"
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = self.client.post(url, json=payload) if payload is not None else self.client.get(url)
+            except httpx.TransportError as e:  # refused, reset, timed out
+                problem = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code < 400:
+                    return r.json()
+                problem = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code not in RETRY_STATUS:
+                    raise UserError(f"target server {url} refused the request ({problem})")
+            if attempt < self.max_retries:
+                delay = self.backoff_s * 2 ** attempt
+                log.warning("target server %s: %s; retry %d/%d in %.1fs", url, problem, attempt + 1, self.max_retries, delay)
+                time.sleep(delay)
+        raise UserError(f"target server {url} failed after {self.max_retries + 1} attempts ({problem}); "
+                        "check target.server.url and that the server is up")
+
+    def _served_max_len(self) -> int | None:
+        """vLLM lists each model's context length under /models; other servers may not."""
+        models = self._post("/models").get("data", [])
+        names = [m.get("id") for m in models]
+        if self.served_model not in names:
+            raise UserError(f"target server {self.url} does not serve model {self.served_model!r}; it serves {names} "
+                            "(set target.server.served_model)")
+        return next(m.get("max_model_len") for m in models if m.get("id") == self.served_model)
+
+    def _score_batch(self, seqs: list[list[int]]) -> torch.Tensor:
+        answer = self._post("/completions", {
+            "model": self.served_model, "prompt": seqs, "max_tokens": 1, "temperature": 0.0,
+            "logprobs": len(self.label_ids), "logprob_token_ids": self.label_ids, "return_tokens_as_token_ids": True,
+        })
+        out = torch.empty(len(seqs), len(self.label_ids))
+        choices = sorted(answer["choices"], key=lambda c: c["index"])
+        if len(choices) != len(seqs):
+            raise UserError(f"target server {self.url} answered {len(choices)} choices for {len(seqs)} prompts")
+        for i, choice in enumerate(choices):
+            step = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+            got = step[0] or {}
+            missing = [t for t in self.label_ids if f"token_id:{t}" not in got]
+            if missing:
+                raise UserError(
+                    f"target server {self.url} returned no log-probs for label token ids {missing}; the server "
+                    "backend needs an endpoint with vLLM's `logprob_token_ids` (e.g. `vllm serve`)"
+                )
+            out[i] = torch.tensor([got[f"token_id:{t}"] for t in self.label_ids])
+        return out
+
+    def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
+        limit = self.max_len - 1 if self.max_len else None  # room for the one generated token
+        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], limit)
+        self.tokens += sum(len(s) for s in seqs)
+        # Consecutive texts share a prompt, so a batch shares a prefix the server can cache.
+        batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return torch.cat(list(pool.map(self._score_batch, batches)))

