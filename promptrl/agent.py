@@ -130,10 +130,15 @@ class Agent(nn.Module):
         inputs = query.to(device).unsqueeze(0).expand(n, -1)
         was_training = self.model.training
         self.model.eval()  # no LoRA dropout while acting
-        with self.using(adapter):
+        with self.using(adapter), torch.inference_mode():
+            # All n samples share the query: run it once (all but its last token, which generate
+            # needs as input) and give every sample a copy of its KV cache.
+            cache = self.model(input_ids=inputs[:1, :-1], use_cache=True).past_key_values if len(query) > 1 else None
+            if cache is not None:
+                cache.batch_repeat_interleave(n)
             out = self.model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True, temperature=1.0,
-                top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), past_key_values=cache, do_sample=True,
+                temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids,
             )
         self.model.train(was_training)

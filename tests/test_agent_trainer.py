@@ -92,6 +92,22 @@ def test_shared_query_forward_equals_full_sequences():
     torch.testing.assert_close(values, want_v, atol=1e-5, rtol=0)
 
 
+def test_sampling_with_a_shared_query_cache_equals_plain_generate():
+    agent = make_agent(max_new_tokens=8)
+    perturb_policy(agent)  # so the adapter matters
+    query = agent.query_ids("here are five pairs . the friend wrote", "the instruction was")
+    torch.manual_seed(3)
+    got = agent.sample(query, 4)
+    torch.manual_seed(3)
+    inputs = query.unsqueeze(0).expand(4, -1)
+    with torch.no_grad():
+        plain = agent.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=True,
+                                     temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=8,
+                                     pad_token_id=agent.pad_id, eos_token_id=agent.eos_ids)[:, len(query):]
+    plain = torch.where(got.mask.bool(), plain, torch.full_like(plain, agent.pad_id))
+    assert torch.equal(got.responses, plain)
+
+
 def test_query_has_an_open_assistant_turn_and_plain_fallback():
     tok = make_tokenizer()
     text = build_query_text(tok, "meta\n\ninput : great", "the instruction was", "error")

@@ -269,3 +269,18 @@ def test_server_client_retries_transient_errors_then_scores():
     lengths = torch.tensor([len(tok(task.render("classify", e.text)).input_ids) for e in task.test], dtype=torch.float)
     torch.testing.assert_close(scores.label_logprobs[0], -torch.stack([lengths, lengths + 1], dim=1))
     assert seen["prompts"] == [tok(task.render("classify", e.text)).input_ids for e in task.test]
+
+
+def test_greedy_generation_batched_equals_one_at_a_time():
+    tok = make_tokenizer("left")
+    model = make_model(len(tok), seed=1)
+    task = make_task()
+    scorer = HFScorer(model, tok, task, "tiny", batch_tokens=60)  # several chunks
+    texts = [task.render(p, t) for p in PROMPTS for t in TEXTS[:3]]
+    batched = scorer.generate(texts, max_new_tokens=5)
+    alone = [scorer.generate([t], max_new_tokens=5)[0] for t in texts]
+    assert batched == alone and any(batched)
+    # stop strings cut the continuation before the stop
+    word = batched[0].split()[1] if len(batched[0].split()) > 1 else batched[0].split()[0]
+    cut = scorer.generate(texts[:1], max_new_tokens=5, stop=[word])[0]
+    assert cut == batched[0][:batched[0].find(word)].strip()

@@ -60,7 +60,7 @@ def test_missing_vllm_names_the_extra(monkeypatch):
         import_vllm()
 
 
-def test_vllm_engine_matches_hf_label_logprobs(sst2):
+def test_vllm_engine_matches_hf_label_logprobs_and_greedy_text(sst2):
     cfg, task, hf = sst2
     scorer = build_scorer(target_cfg("target.backend=vllm").target, task, cfg.cache_dir)
     got = scorer.score(PROMPTS, task.test[:64])
@@ -68,6 +68,10 @@ def test_vllm_engine_matches_hf_label_logprobs(sst2):
     diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()
     assert diff <= 1e-3, f"vLLM and HF label log-probs differ by {diff}"
     assert torch.equal(got.accuracy, hf.accuracy)
+    # greedy generation (generation tasks): the same continuations as the HF backend
+    texts = [f"Write the word in capital letters.\nInput : {w}\nOutput : " for w in ("cat", "river", "blue", "house")]
+    want = build_scorer(target_cfg().target, task, cfg.cache_dir).generate(texts, 12, stop=["\n"])
+    assert scorer.generate(texts, 12, stop=["\n"]) == want and any(want)
     scorer.close()
 
 

@@ -114,6 +114,17 @@ class Scorer:
         """[len(texts), C]; texts come prompt-major, `group_size` per prompt."""
         raise NotImplementedError
 
+    def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        """The target's greedy continuation of each text (generation tasks: instruction
+        induction, BIG-Bench generation), cut before the first stop string and stripped."""
+        raise NotImplementedError(f"{type(self).__name__} does not generate")
+
+
+def cut_at_stop(text: str, stop) -> str:
+    """`text` up to the first occurrence of any stop string, stripped."""
+    end = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
+    return text[:end].strip()
+
 
 BACKENDS = ("hf", "vllm", "server")
 

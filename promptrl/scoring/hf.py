@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from promptrl.errors import UserError
 from promptrl.models import load_model
-from promptrl.scoring import Scorer
+from promptrl.scoring import Scorer, cut_at_stop
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,27 @@ class HFScorer(Scorer):
         for chunk in self._chunks([len(s) for s in suffixes], max(plens)):
             rows = torch.tensor(chunk)
             out[rows] = self._score_chunk([suffixes[i] for i in chunk], [group_of[i] for i in chunk], plens, prefixes)
+        return out
+
+    @torch.inference_mode()
+    def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        """Greedy decoding, left-padded batches of similar length with an attention mask; only
+        the new tokens are decoded (REFERENCE §3.1's fixes of the authors' generation)."""
+        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"],
+                           getattr(self.model.config, "max_position_embeddings", max_new_tokens + 1) - max_new_tokens)
+        self.tokens += sum(len(s) for s in seqs)
+        out = [""] * len(seqs)
+        for chunk in self._chunks([len(s) for s in seqs], max_new_tokens):
+            width = max(len(seqs[i]) for i in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, i in enumerate(chunk):
+                ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
+                mask[r, width - len(seqs[i]):] = 1
+            new = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+            for r, i in enumerate(chunk):
+                out[i] = cut_at_stop(self.tokenizer.decode(new[r, width:], skip_special_tokens=True), stop)
         return out
 
     def _chunks(self, lengths: list[int], prefix_width: int) -> list[list[int]]:

@@ -24,7 +24,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer
-from promptrl.scoring import Scorer
+from promptrl.scoring import Scorer, cut_at_stop
 from promptrl.scoring.hf import fit_context, label_token_ids
 from promptrl.tasks import Task
 
@@ -123,3 +123,17 @@ class ServerScorer(Scorer):
         batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
         with ThreadPoolExecutor(self.concurrency) as pool:
             return torch.cat(list(pool.map(self._score_batch, batches)))
+
+    def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        limit = self.max_len - max_new_tokens if self.max_len else None
+        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], limit)
+        self.tokens += sum(len(s) for s in seqs)
+
+        def request(batch: list[list[int]]) -> list[str]:
+            answer = self._post("/completions", {"model": self.served_model, "prompt": batch, "temperature": 0.0,
+                                                 "max_tokens": max_new_tokens, "stop": list(stop) or None})
+            return [cut_at_stop(c["text"], stop) for c in sorted(answer["choices"], key=lambda c: c["index"])]
+
+        batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return [text for texts_ in pool.map(request, batches) for text in texts_]

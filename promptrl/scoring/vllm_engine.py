@@ -16,7 +16,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer, model_path, resolve_device, resolve_dtype
-from promptrl.scoring import Scorer
+from promptrl.scoring import Scorer, cut_at_stop
 from promptrl.scoring.hf import fit_context, label_token_ids
 from promptrl.tasks import Task
 
@@ -93,3 +93,13 @@ class VLLMScorer(Scorer):
             step = result.outputs[0].logprobs[0]
             out[i] = torch.tensor([step[t].logprob for t in self.label_ids])
         return out
+
+    def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        from vllm import SamplingParams
+
+        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], self.max_len - max_new_tokens)
+        self.tokens += sum(len(s) for s in seqs)
+        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop) or None,
+                                skip_special_tokens=True)
+        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
+        return [cut_at_stop(o.outputs[0].text, stop) for o in outputs]
