@@ -150,6 +150,33 @@ class Agent(nn.Module):
         prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
         return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts)
 
+    @torch.no_grad()
+    def sample_each(self, queries: list[torch.Tensor], adapter: str = POLICY, batch_size: int = 16) -> list[str]:
+        """One instruction per query (input-specific prompts, TTE), sampled as in `sample`;
+        queries are left-padded into batches so different lengths share a forward pass."""
+        prompts = []
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(queries), batch_size):
+            chunk = queries[start:start + batch_size]
+            width = max(len(q) for q in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, q in enumerate(chunk):
+                ids[row, width - len(q):] = q
+                attention[row, width - len(q):] = 1
+            with self.using(adapter), torch.inference_mode():
+                out = self.model.generate(
+                    input_ids=ids.to(self.device), attention_mask=attention.to(self.device), do_sample=True,
+                    temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
+                    eos_token_id=self.eos_ids,
+                )
+            responses = out[:, width:].cpu()
+            mask = response_mask(responses, self.eos_ids)
+            prompts += [self.decode(r, m) for r, m in zip(responses, mask)]
+        self.model.train(was_training)
+        return prompts
+
     def decode(self, response: torch.Tensor, mask: torch.Tensor) -> str:
         ids = [t for t, m in zip(response.tolist(), mask.tolist()) if m and t not in self.eos_ids]
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()

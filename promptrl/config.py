@@ -18,7 +18,16 @@ from omegaconf import MISSING
 @dataclass
 class TaskConfig:
     name: str = MISSING
+    # classification: the target picks one of label_words. generation: the target writes an
+    # answer (greedy, cut at `stop`), scored by `metric` against every gold answer.
     kind: str = "classification"
+    # How the data is read: classification (LM-BFF files or a hub dataset), instruction_induction
+    # (APE's induce/execute JSON), bigbench (BIG-bench task.json), mmlu, openbookqa (hub QA).
+    loader: str = "classification"
+    source_task: Optional[str] = None  # the task's name in its collection (II task, BIG-bench task, MMLU subject)
+    # File-based sources without a local copy are downloaded from here ({task} and {split} filled in).
+    data_url: Optional[str] = None
+    category: Optional[str] = None  # a grouping for reports (MMLU: STEM, Social Sciences, Humanities, Other)
     # Hub source (used when no local data dir is given).
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
@@ -35,9 +44,14 @@ class TaskConfig:
     shots_per_label: int = 16
     # Where the instruction goes and how the target answers.
     template: str = "{prompt} Input : {input} Output :"
-    label_words: list[str] = MISSING
+    label_words: list[str] = field(default_factory=list)
     label_names: list[str] = field(default_factory=list)
-    metric: str = "accuracy"
+    metric: str = "accuracy"  # classification: accuracy; generation: em | f1 | exact_set | contains
+    # Generation tasks: the reward is this metric's mean over the batch (the paper: F1); "metric"
+    # rewards with the task metric itself (the authors' code).
+    reward_metric: str = "f1"
+    max_new_tokens: int = 32
+    stop: list[str] = field(default_factory=lambda: ["\n"])
     manual_prompt: str = ""
     # null = the full test split; an int caps it (a seeded subsample) for quick runs.
     max_test_examples: Optional[int] = None
@@ -189,6 +203,27 @@ class APPOConfig(AlgoBase):
     max_grad_norm: Optional[float] = None
 
 
+TTE_META_PROMPT = (
+    "Look at the instruction and current input,\n"
+    "rewrite instruction for current input.\n"
+    "Here are the input-output pairs:\n"
+)
+
+
+@dataclass
+class TTEConfig(APPOConfig):
+    """TTE-StablePrompt: APPO where the agent writes one instruction per input (REFERENCE §5)."""
+
+    _target_: str = "promptrl.algos.tte.TTETrainer"
+    name: str = "tte"
+    meta_prompt: str = TTE_META_PROMPT
+    instruction_prefix: str = "The Rewritten instruction was :"
+    current_input_label: str = "Current Input Here :"
+    batch_size: int = 1  # training inputs per step, each its own PPO update (the authors' loader)
+    prompts_per_step: int = 2  # instructions sampled per input
+    epochs: int = 30
+
+
 @dataclass
 class APEConfig(AlgoBase):
     _target_: str = "promptrl.algos.ape.APE"
@@ -268,6 +303,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(group="algo", name="appo_schema", node=APPOConfig)
+    cs.store(group="algo", name="tte_schema", node=TTEConfig)
     cs.store(group="algo", name="ape_schema", node=APEConfig)
     cs.store(group="algo", name="opro_schema", node=OPROConfig)
     cs.store(group="algo", name="manual_schema", node=ManualConfig)

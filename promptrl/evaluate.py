@@ -34,6 +34,11 @@ def prompts_to_evaluate(cfg: DictConfig, task: Task) -> dict[str, str]:
     return {"manual": task.manual_prompt, "empty": ""}
 
 
+def metric_label(task: Task) -> str:
+    """How tables name the score: "acc" for classification, the answer metric for generation."""
+    return task.metric if task.is_generation else "acc"
+
+
 def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str]) -> list[dict]:
     """Dev and test accuracy of each prompt; one batched scoring call per split."""
     dev = scorer.score(prompts, task.dev)
@@ -64,7 +69,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "task": task.name, "target": cfg.target.name, "algo": "eval", "seed": cfg.seed,
         "prompt": first["prompt"], "dev_accuracy": first["dev_accuracy"], "test_accuracy": first["test_accuracy"],
         "n_dev": len(task.dev), "n_test": len(task.test), "data": task.source,
-        "template": task.template, "label_words": task.label_words,
+        "template": task.template, "label_words": task.label_words, "metric": task.metric, "category": task.category,
         "prompts": [{"name": n, **r} for n, r in by_name.items()],
         "target_calls": scorer.calls, "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits,
         "cache_misses": scorer.cache_misses, "wall_time_s": time.time() - start,
@@ -76,8 +81,10 @@ def run_eval(cfg: DictConfig) -> dict:
     write_json(out / "results.json", results)
     print_table(
         f"{task.name} on {cfg.target.name} (dev {len(task.dev)}, test {len(task.test)})",
-        ["prompt", "text", "dev acc", "test acc", "test margin"],
-        [[n, r["prompt"][:80] or "(empty)", r["dev_accuracy"], r["test_accuracy"], r["test_margin"]] for n, r in by_name.items()],
+        ["prompt", "text", f"dev {metric_label(task)}", f"test {metric_label(task)}"]
+        + ([] if task.is_generation else ["test margin"]),
+        [[n, r["prompt"][:80] or "(empty)", r["dev_accuracy"], r["test_accuracy"]]
+         + ([] if task.is_generation else [r["test_margin"]]) for n, r in by_name.items()],
     )
     log.info("results written to %s", out / "results.json")
     return results

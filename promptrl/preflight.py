@@ -22,10 +22,12 @@ def _composition_message(e: Exception, override: str) -> str:
     cause = e.__cause__
     if isinstance(e, MissingConfigException):
         missing = getattr(e, "missing_cfg_file", None) or ""
-        options = ", ".join(o for o in e.options or [] if not o.endswith("_schema"))
+        known = [o for o in e.options or [] if not o.endswith("_schema")]
         if "/" in missing:
             group, value = missing.rsplit("/", 1)
-            return f"{group}={value!r} is not a known option; expected one of: {options}"
+            hint = difflib.get_close_matches(value, known, n=1)
+            did_you_mean = f" (did you mean {hint[0]}?)" if hint else ""
+            return f"{group}={value!r} is not a known option{did_you_mean}; expected one of: {summarize_options(known)}"
         return str(e).splitlines()[0]
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         key = cause.full_key or override.split("=", 1)[0]
@@ -40,6 +42,25 @@ def _composition_message(e: Exception, override: str) -> str:
         return (f"cannot parse override {override!r}; quote values with spaces or special characters "
                 "(see https://hydra.cc/docs/advanced/override_grammar/basic)")
     return " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
+def summarize_options(options: list[str], family_size: int = 5) -> str:
+    """Options, with large families sharing a prefix (ii_*, mmlu_*) folded into one entry."""
+    families: dict[str, list[str]] = {}
+    for o in options:
+        if "_" in o:
+            families.setdefault(o.split("_", 1)[0], []).append(o)
+    folded = {p for p, members in families.items() if len(members) >= family_size}
+    shown, seen = [], set()
+    for o in sorted(options):
+        prefix = o.split("_", 1)[0] if "_" in o else None
+        if prefix in folded:
+            if prefix not in seen:
+                seen.add(prefix)
+                shown.append(f"{prefix}_* ({len(families[prefix])} options)")
+        else:
+            shown.append(o)
+    return ", ".join(shown)
 
 
 def _keys_at(error) -> list[str]:

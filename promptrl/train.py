@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptrl.agent import Agent
 from promptrl.errors import UserError
-from promptrl.evaluate import final_evaluation
+from promptrl.evaluate import metric_label
 from promptrl.models import load_model
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
@@ -85,13 +85,13 @@ def run_train(cfg: DictConfig) -> dict:
         if cfg.checkpoint_every:
             trainer.save()  # the finished state, so a kill during final evaluation loses no training
         calls_before_eval = scorer.calls
-        final = final_evaluation(scorer, task, trainer.queue.items)
+        final = trainer.evaluate_final()
     finally:
         scorer.close()  # a vLLM engine is a process of its own; the next sweep job needs the memory
     results = {
         "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
-        "label_words": task.label_words, **final, **trainer.summary(), "steps": trainer.step,
+        "label_words": task.label_words, "metric": task.metric, "category": task.category, **final, **trainer.summary(), "steps": trainer.step,
         "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
         "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
         "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
@@ -102,11 +102,12 @@ def run_train(cfg: DictConfig) -> dict:
     print_table(
         f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}, "
         f"{calls_before_eval} target calls",
-        ["prompt", "dev acc", "test acc"],
+        ["prompt", f"dev {metric_label(task)}", f"test {metric_label(task)}"],
         [[r["prompt"][:100] or "(empty)", r["dev_accuracy"], r["test_accuracy"]] for r in final["queue"]]
+        + ([[f"({final['protocol']})", final["dev_accuracy"], final["test_accuracy"]]] if "protocol" in final else [])
         + [["(manual)", final["manual_dev_accuracy"], final["manual_test_accuracy"]],
            ["(empty)", final["empty_dev_accuracy"], final["empty_test_accuracy"]]],
     )
-    log.info("best prompt (dev-selected): %r test %.4f; results in %s", final.get("best_prompt"),
-             final.get("test_accuracy", float("nan")), out / "results.json")
+    chosen = final.get("protocol") or f"best prompt (dev-selected): {final.get('best_prompt')!r}"
+    log.info("%s test %.4f; results in %s", chosen, final.get("test_accuracy", float("nan")), out / "results.json")
     return results

@@ -19,7 +19,10 @@ def test_preflight_composes_every_swept_value():
     # the bad value is the third of a sweep: caught before any job starts, as one line
     r = promptrl("train", "-m", "task=sst2,subj,nope", "seed=0,1")
     assert r.returncode == 2 and r.stderr.strip() == (
-        "promptrl: error: task='nope' is not a known option; expected one of: agnews, cr, mnli, mr, mrpc, qnli, rte, snli, sst2, sst5, subj, trec")
+        "promptrl: error: task='nope' is not a known option; expected one of: agnews, bbii_* (20 options), cr, ii_* (24 options), "
+        "mmlu, mmlu_* (57 options), mnli, mr, mrpc, openbookqa, qnli, rte, snli, sst2, sst5, subj, trec")
+    r = promptrl("train", "task=ii_antonym")
+    assert r.returncode == 2 and "task='ii_antonym' is not a known option (did you mean ii_antonyms?)" in r.stderr
     assert "Launching" not in r.stdout
 
 

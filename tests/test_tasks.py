@@ -1,6 +1,4 @@
 import json
-from types import SimpleNamespace
-
 import pytest
 
 from promptrl.errors import UserError
@@ -9,15 +7,15 @@ from promptrl.tasks.classification import balanced_split
 
 
 def task_cfg(**over):
-    cfg = dict(
-        name="sst2", kind="classification", hub_id=None, hub_config=None, hub_train_split="train",
-        hub_test_split="test", text_field="sentence", label_field="label", local_name="fsc/sst-2",
-        data_dir=None, shots_per_label=16, template="{prompt} Input : {input} Output :",
-        label_words=[" negative", " positive"], label_names=[], metric="accuracy", manual_prompt="m",
-        max_test_examples=None, input_format=None,
-    )
+    """A task config validated by the same schema as conf/task/*.yaml."""
+    from omegaconf import OmegaConf
+
+    from promptrl.config import TaskConfig
+
+    cfg = dict(name="sst2", local_name="fsc/sst-2", data_dir=None, template="{prompt} Input : {input} Output :",
+               label_words=[" negative", " positive"], manual_prompt="m")
     cfg.update(over)
-    return SimpleNamespace(**cfg)
+    return OmegaConf.structured(TaskConfig(**cfg))
 
 
 def test_local_lmbff_split_follows_the_seed(shared_data):
@@ -124,6 +122,7 @@ def write_split(root, train="sentence\tlabel\nfine film\t1\nbad film\t0\n", dev=
 def test_bad_task_inputs_name_the_value(tmp_path, files, over, message):
     root = write_split(tmp_path, **files)
     cfg = task_cfg(data_dir=str(root), local_name="fsc/toy")
-    cfg.__dict__.update(over)
+    for key, value in over.items():
+        setattr(cfg, key, value)
     with pytest.raises(UserError, match=message):
         load_task(cfg, seed=0)

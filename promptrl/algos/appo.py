@@ -68,9 +68,9 @@ class APPOTrainer(PromptOptimizer):
     def make_query(self) -> torch.Tensor:
         return self.demo_query(self.cfg.meta_prompt, self.cfg.instruction_prefix)
 
-    def ppo_step(self, batch) -> dict:
+    def ppo_step(self, batch, query: torch.Tensor | None = None) -> dict:
         t0 = time.time()
-        query = self.make_query()
+        query = self.make_query() if query is None else query
         samples = self.agent.sample(query, self.cfg.prompts_per_step, POLICY)
         t1 = time.time()
         rewards, parts = self.reward(samples.prompts, batch)
@@ -140,7 +140,15 @@ class APPOTrainer(PromptOptimizer):
         policy = self.agent.sample(query, n, POLICY)
         anchor = self.agent.sample(query, n, ANCHOR)
         acc = self.scorer.score(policy.prompts + anchor.prompts, self.task.dev).accuracy
-        policy_acc, anchor_acc = acc[:n].mean().item(), acc[n:].mean().item()
+        return self.decide(acc[:n].mean().item(), acc[n:].mean().item())
+
+    def anchor_check_calls(self) -> int:
+        """Target calls one anchor check costs (0 when it scores nothing)."""
+        return 2 * self.cfg.anchor_eval_prompts * len(self.task.dev) if self.cfg.reference == "anchor" else 0
+
+    def decide(self, policy_acc: float, anchor_acc: float) -> dict:
+        """APPO's rule: move the anchor to a clearly better policy, restore a clearly worse one."""
+        cfg = self.cfg
         diff = policy_acc - anchor_acc
         if diff > cfg.update_threshold:
             decision = "update"
@@ -179,8 +187,7 @@ class APPOTrainer(PromptOptimizer):
         self.epoch += 1
         # A dev comparison that would cross the budget is skipped: training ends within a step
         # anyway, and the budget must bound every method alike.
-        check_calls = 2 * self.cfg.anchor_eval_prompts * len(self.task.dev) if self.cfg.reference == "anchor" else 0
-        fits = self.budget_calls is None or self.scorer.calls + check_calls <= self.budget_calls
+        fits = self.budget_calls is None or self.scorer.calls + self.anchor_check_calls() <= self.budget_calls
         if self.epoch % self.cfg.update_term == 0 and fits:
             decision = self.anchor_check()
             if decision:

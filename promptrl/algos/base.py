@@ -23,6 +23,7 @@ import torch
 from promptrl.agent import Agent, format_demos, user_message
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
+from promptrl.evaluate import final_evaluation
 from promptrl.prompt_queue import PromptQueue
 from promptrl.scoring import Scorer
 from promptrl.tasks import Example, Task
@@ -86,16 +87,22 @@ class PromptOptimizer:
         """Algorithm-specific fields for results.json."""
         return {}
 
+    def evaluate_final(self) -> dict:
+        """The run's final numbers on dev and test (promptrl.evaluate.final_evaluation: the queue,
+        the manual and the empty prompt); TTE overrides it with one prompt per input."""
+        return final_evaluation(self.scorer, self.task, self.queue.items)
+
     def progress_info(self, row: dict) -> str:
         fmt = lambda k: f"{float(row.get(k, math.nan)):.3f}"
         return f"reward {fmt('reward_mean')}/{fmt('reward_max')} best {self.best_reward():.3f}"
 
     # --- shared helpers ------------------------------------------------------------------------
     def reward(self, prompts: list[str], examples: list[Example]) -> tuple[torch.Tensor, dict]:
-        """StablePrompt's reward, c_a*acc + c_s*margin, used by every optimiser to rank prompts."""
+        """StablePrompt's reward, used by every optimiser to rank prompts: c_a*acc + c_s*margin on
+        classification tasks, the reward metric (F1) on generation tasks."""
         scores = self.scorer.score(prompts, examples)
-        acc, margin = scores.accuracy, scores.margin
-        return self.cfg.reward_acc_coef * acc + self.cfg.reward_margin_coef * margin, {"acc": acc, "margin": margin}
+        reward = scores.reward(self.cfg.reward_acc_coef, self.cfg.reward_margin_coef)
+        return reward, {"acc": scores.accuracy, "margin": scores.margin}
 
     def demo_query(self, meta_prompt: str, prefix: str) -> torch.Tensor:
         """The forward-generation query: meta-prompt + k demonstrations drawn from dev."""

@@ -3,6 +3,8 @@
 Every optimiser (APPO, PPO, APE, OPRO) sees the target only through `Scorer.score`, which takes
 P prompts and N examples and answers in one batched call. That single hot path is where speed
 work goes, and it is what makes budgets comparable: `calls` counts prompt x example scorings.
+Classification tasks are scored from label-word log-probs; generation tasks by greedy decoding
+of all P x N texts in one batched `generate` and the task's answer metric.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from promptrl.errors import UserError
 from promptrl.scoring.cache import example_key
 from promptrl.tasks import Example, Task
+from promptrl.tasks.metrics import score_answer
 
 
 @dataclass
@@ -50,6 +53,37 @@ class ClassificationScores:
         wrong = p.scatter(-1, self.labels.view(1, -1, 1).expand(p.shape[0], -1, 1), float("-inf"))
         return (gold - wrong.max(-1).values).mean(-1)
 
+    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
+        """[P] StablePrompt's reward, c_a * accuracy + c_s * margin (REFERENCE §3.3)."""
+        return acc_coef * self.accuracy + margin_coef * self.margin
+
+
+@dataclass
+class GenerationScores:
+    """Scores of P prompts on N examples of a generation task: per example, the task metric and
+    the reward metric of the target's answer (best over the gold answers)."""
+
+    values: torch.Tensor  # [P, N, 2]: (task metric, reward metric)
+
+    @property
+    def correct(self) -> torch.Tensor:
+        return self.values[..., 0]
+
+    @property
+    def accuracy(self) -> torch.Tensor:
+        """[P] mean task metric (EM, F1, exact-set or contains); named like classification's so
+        selection, APPO's anchor check and the results read the same."""
+        return self.correct.mean(-1)
+
+    @property
+    def margin(self) -> torch.Tensor:
+        """[P] zeros: a written answer has no margin over the other classes."""
+        return torch.zeros(self.values.shape[0])
+
+    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
+        """[P] the mean reward metric, used directly ("we use the F1 score directly", §3.3)."""
+        return self.values[..., 1].mean(-1)
+
 
 class Scorer:
     """Base class: subclasses implement `_label_logprobs` for a flat list of rendered texts.
@@ -75,12 +109,12 @@ class Scorer:
     def close(self) -> None:
         """Release what the backend holds beyond memory (engine processes, connections)."""
 
-    def score(self, prompts: list[str], examples: list[Example]) -> ClassificationScores:
+    def score(self, prompts: list[str], examples: list[Example]) -> ClassificationScores | GenerationScores:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
-        n_labels = len(self.task.label_words)
-        lp = torch.empty(len(prompts), len(examples), n_labels)
-        keys = [example_key(ex.text) for ex in examples] if self.cache else []
+        width = 2 if self.task.is_generation else len(self.task.label_words)
+        lp = torch.empty(len(prompts), len(examples), width)
+        keys = [example_key(ex.text, ex.answers) for ex in examples] if self.cache else []
         todo = list(range(len(prompts)))  # prompts with nothing cached: scored together
         partial = []  # (prompt index, cached scores) for prompts with some examples cached
         if self.cache:
@@ -95,11 +129,10 @@ class Scorer:
                     todo.append(i)
                 self.cache_hits += len(got)
         if todo:
-            texts = [self.task.render(prompts[i], ex.text) for i in todo for ex in examples]
-            lp[todo] = self._label_logprobs(texts, group_size=len(examples)).view(len(todo), len(examples), -1)
+            lp[todo] = self._score_rows([prompts[i] for i in todo], examples).view(len(todo), len(examples), -1)
         for i, got in partial:
             missing = [j for j, k in enumerate(keys) if k not in got]
-            fresh = self._label_logprobs([self.task.render(prompts[i], examples[j].text) for j in missing])
+            fresh = self._score_rows([prompts[i]], [examples[j] for j in missing])
             for j, k in enumerate(keys):
                 lp[i, j] = got[k] if k in got else fresh[missing.index(j)]
         if self.cache:
@@ -107,8 +140,54 @@ class Scorer:
             for i in todo + [i for i, _ in partial]:
                 self.cache.put(prompts[i], keys, lp[i])
         self.calls += len(prompts) * len(examples)
+        if self.task.is_generation:
+            return GenerationScores(values=lp)
         labels = torch.tensor([ex.label for ex in examples])
         return ClassificationScores(label_logprobs=lp, labels=labels)
+
+    def score_pairs(self, prompts: list[str], examples: list[Example]) -> ClassificationScores | GenerationScores:
+        """Scores of prompt i on example i only (input-specific prompts, TTE), as one row:
+        `accuracy` is then [1], the mean over the pairs. Cached and counted like `score`."""
+        if len(prompts) != len(examples) or not prompts:
+            raise ValueError("score_pairs() needs as many prompts as examples, at least one")
+        width = 2 if self.task.is_generation else len(self.task.label_words)
+        out = torch.empty(len(prompts), width)
+        todo = list(range(len(prompts)))
+        if self.cache:
+            keys = [example_key(ex.text, ex.answers) for ex in examples]
+            todo = []
+            for i, (p, k) in enumerate(zip(prompts, keys)):
+                got = self.cache.get(p, [k])
+                if got:
+                    out[i] = got[k]
+                    self.cache_hits += 1
+                else:
+                    todo.append(i)
+            self.cache_misses += len(todo)
+        if todo:
+            out[todo] = self._score_texts([self.task.render(prompts[i], examples[i].text) for i in todo],
+                                          [examples[i] for i in todo])
+            if self.cache:
+                for i in todo:
+                    self.cache.put(prompts[i], [keys[i]], out[i:i + 1])
+        self.calls += len(prompts)
+        if self.task.is_generation:
+            return GenerationScores(values=out.unsqueeze(0))
+        return ClassificationScores(label_logprobs=out.unsqueeze(0), labels=torch.tensor([ex.label for ex in examples]))
+
+    def _score_rows(self, prompts: list[str], examples: list[Example]) -> torch.Tensor:
+        """[P * N, width] for every prompt x example, prompt-major."""
+        texts = [self.task.render(p, ex.text) for p in prompts for ex in examples]
+        return self._score_texts(texts, examples * len(prompts), group_size=len(examples))
+
+    def _score_texts(self, texts: list[str], examples: list[Example], group_size: int | None = None) -> torch.Tensor:
+        """[len(texts), width]: label log-probs, or for a generation task (task metric, reward
+        metric) of the target's greedy answer to each text against its example's answers."""
+        if not self.task.is_generation:
+            return self._label_logprobs(texts, group_size=group_size)
+        answers = self.generate(texts, self.task.max_new_tokens, self.task.stop)
+        return torch.tensor([[score_answer(self.task.metric, a, ex.answers), score_answer(self.task.reward_metric, a, ex.answers)]
+                             for a, ex in zip(answers, examples)], dtype=torch.float32)
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         """[len(texts), C]; texts come prompt-major, `group_size` per prompt."""
@@ -149,4 +228,4 @@ def attach_cache(scorer: Scorer, path: Path) -> None:
     from promptrl.scoring.cache import ScoreCache, namespace
 
     task = scorer.task
-    scorer.cache = ScoreCache(path, namespace(**scorer.identity(), template=task.template, label_words=task.label_words))
+    scorer.cache = ScoreCache(path, namespace(**scorer.identity(), **task.scoring_identity()))

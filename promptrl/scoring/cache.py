@@ -31,8 +31,9 @@ def namespace(**identity) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def example_key(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:20]
+def example_key(text: str, answers: tuple[str, ...] = ()) -> str:
+    """The example's input text (and, for generation tasks, its gold answers, which change its score)."""
+    return hashlib.sha1("\x00".join((text, *answers)).encode()).hexdigest()[:20]
 
 
 class ScoreCache:

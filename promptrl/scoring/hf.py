@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, StoppingCriteriaList, StopStringCriteria
 
 from promptrl.errors import UserError
 from promptrl.models import load_model
@@ -70,6 +70,7 @@ class HFScorer(Scorer):
         self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._stopping: dict[tuple[str, ...], StoppingCriteriaList | None] = {}
 
     def identity(self) -> dict:
         config = self.model.config
@@ -121,10 +122,25 @@ class HFScorer(Scorer):
                 ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
                 mask[r, width - len(seqs[i]):] = 1
             new = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+                                      do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
+                                      stopping_criteria=self._stop_criteria(tuple(stop)))
             for r, i in enumerate(chunk):
                 out[i] = cut_at_stop(self.tokenizer.decode(new[r, width:], skip_special_tokens=True), stop)
         return out
+
+    def _stop_criteria(self, stop: tuple[str, ...]) -> StoppingCriteriaList | None:
+        """Ends a row at its first stop string, and a batch once every row has: answers are a line
+        long, so most of max_new_tokens is never decoded. Built once per stop set (it indexes the
+        vocabulary); None for tokenizers it cannot index, where cut_at_stop alone applies."""
+        if not any(stop):
+            return None
+        if stop not in self._stopping:
+            try:
+                self._stopping[stop] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, [s for s in stop if s])])
+            except ValueError:
+                log.debug("stop strings %r cannot be matched on this tokenizer's tokens; cutting after decoding", stop)
+                self._stopping[stop] = None
+        return self._stopping[stop]
 
     def _chunks(self, lengths: list[int], prefix_width: int) -> list[list[int]]:
         """Row indices, longest first, cut where a chunk would pass `batch_tokens` (prefix slots

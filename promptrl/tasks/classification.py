@@ -9,7 +9,7 @@ import string
 from pathlib import Path
 
 from promptrl.errors import UserError
-from promptrl.tasks import Example, Task
+from promptrl.tasks import Example, Task, task_from_config
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,4 @@ def load_classification(cfg, seed: int) -> Task:
     else:
         train, dev, test, source = load_hub(cfg, seed, n_labels)
     log.info("task %s: %d train, %d dev, %d test from %s", cfg.name, len(train), len(dev), len(test), source)
-    return Task(
-        name=cfg.name, kind=cfg.kind, template=cfg.template, label_words=list(cfg.label_words),
-        metric=cfg.metric, manual_prompt=cfg.manual_prompt, train=train, dev=dev, test=test,
-        source=source, label_names=list(cfg.label_names),
-    )
+    return task_from_config(cfg, train, dev, test, source)
