@@ -1,0 +1,57 @@
+"""The paper-scale experiment configs compose, sweep what the paper ran, and every swept job
+composes into a valid task (no GPU, model or data needed)."""
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from promptrl.config import register_configs
+from promptrl.tasks import check_task_config
+
+CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def composed(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+
+
+def sweep(cfg) -> dict[str, list[str]]:
+    return {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()}
+
+
+@pytest.mark.parametrize("name, jobs, tasks", [
+    ("paper_table1", 18, {"sst2", "mrpc", "rte", "qnli", "mnli", "snli"}),
+    ("paper_table5", 90, {"sst2", "mrpc", "rte", "qnli", "mnli", "snli"}),
+    ("paper_ii", 44 * 3, None),
+    ("paper_mmlu", 58 * 2, None),
+])
+def test_paper_experiments_sweep_the_papers_grid(name, jobs, tasks):
+    cfg = composed(f"experiment={name}")
+    grid = sweep(cfg)
+    assert len(list(itertools.product(*grid.values()))) == jobs
+    if tasks:
+        assert set(grid["task"]) == tasks
+    assert cfg.agent.model == cfg.target.model == "google/gemma-1.1-7b-it"
+    assert cfg.target.backend == "vllm" and cfg.target.dtype == "bfloat16"
+    for task in grid["task"]:
+        job = composed(f"experiment={name}", f"task={task}", *(f"algo={a}" for a in grid.get("algo", [])[:1]))
+        check_task_config(job.task)  # raises on anything a run would reject
+
+
+def test_paper_ii_and_mmlu_use_the_short_schedule():
+    assert composed("experiment=paper_ii").algo.epochs == 30
+    mmlu = composed("experiment=paper_mmlu", "algo=tte")
+    assert mmlu.algo.name == "tte" and mmlu.algo.num_demos == 3 and mmlu.algo.prompts_per_step == 3
+    assert set(sweep(composed("experiment=paper_table5"))["algo"]) == {"appo", "ppo", "ppo_original"}
+    assert composed("experiment=paper_table5", "algo=ppo_original").algo.reference == "previous"
+
+
+def test_slurm_launcher_composes_with_a_paper_experiment():
+    cfg = composed("experiment=paper_table1", "hydra/launcher=slurm", "hydra.launcher.partition=gpu")
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["partition"] == "gpu" and launcher["gpus_per_node"] == 1
