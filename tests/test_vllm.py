@@ -72,6 +72,12 @@ def test_vllm_engine_matches_hf_label_logprobs_and_greedy_text(sst2):
     texts = [f"Write the word in capital letters.\nInput : {w}\nOutput : " for w in ("cat", "river", "blue", "house")]
     want = build_scorer(target_cfg().target, task, cfg.cache_dir).generate(texts, 12, stop=["\n"])
     assert scorer.generate(texts, 12, stop=["\n"]) == want and any(want)
+    # a generation task end to end (greedy answers, EM and F1): the same scores as HF
+    ii = load_task(target_cfg("task=ii_antonyms").task, 0)
+    scorer.task = ii  # one engine start for both task kinds; the scorer reads the task per call
+    hf_ii = build_scorer(target_cfg().target, ii, cfg.cache_dir).score([ii.manual_prompt, ""], ii.test[:12])
+    got_ii = scorer.score([ii.manual_prompt, ""], ii.test[:12])
+    assert torch.equal(got_ii.values, hf_ii.values) and got_ii.values.shape == (2, 12, 2)
     scorer.close()
 
 
