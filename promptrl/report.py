@@ -260,7 +260,7 @@ def main(argv: list[str]) -> int:
     header, cells = table_cells(table, by)
     print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean ± std over runs)", header, cells)
     written = [out / "report.csv", out / "report.md"]
-    if not args.no_plots:
+    if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -42,6 +42,19 @@ def fake_run(d, algo, seed, test, calls, rows):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_report_of_eval_runs_groups_by_task_and_draws_nothing(tmp_path):
+    for i, (task, acc) in enumerate([("ii_sum", 0.25), ("ii_diff", 0.5)]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        OmegaConf.save(OmegaConf.create({"seed": 0, "task": {"name": task, "metric": "em"}}), d / "config_resolved.yaml")
+        (d / "results.json").write_text(json.dumps({"algo": "eval", "test_accuracy": acc, "manual_test_accuracy": acc}))
+    r = promptrl("report", str(tmp_path), "--by", "task.name,task.metric")
+    assert r.returncode == 0, r.stderr
+    rows = {row["task.name"]: row for row in csv.DictReader((tmp_path / "report" / "report.csv").open())}
+    assert float(rows["ii_diff"]["test_accuracy_mean"]) == 0.5 and rows["ii_sum"]["task.metric"] == "em"
+    assert not list((tmp_path / "report").glob("*.png"))  # no per-step rows: no empty plots
+
+
 def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     sweep = tmp_path / "sweep"
     steps = lambda base: [{"step": s, "reward_mean": base + s, "best_reward": base + s, "target_calls": 64 * (s + 1)} for s in range(3)]
