@@ -12,7 +12,9 @@ MLP shape for the machine's peak. The last line is
   speedup_vs_reference: <b over a> mfu_vs_matmul_peak: <needed FLOPs / time(b) / peak, b's dtype>
 
 and the script exits 1 if (a) and (b) disagree (fp32 within 1e-4; bf16 same predictions on >= 99%).
-Then one full APPO step (4 prompts of <= 64 new tokens, 16 inputs, PPO update) is timed by phase.
+Then one full APPO step (4 prompts of <= 64 new tokens, 16 inputs, PPO update) is timed by phase,
+each beside its floor: the seconds the work it needs would take at this machine's matmul peak
+and weight-read speed (`appo_floors`).
 
     python scripts/bench_scoring.py [--threads 2] [--repeats 3] [--no-appo-step]
 """
@@ -92,26 +94,40 @@ def reference_scores(model, tokenizer, task, prompts, examples, label_ids, batch
     return torch.cat(out).view(len(prompts), len(examples), -1)
 
 
-# --- FLOPs ---------------------------------------------------------------------------------------
-def needed_flops(config, seqs_by_prompt: list[list[list[int]]]) -> float:
-    """Forward FLOPs that scoring cannot avoid: each prompt's shared prefix once, each input's own
-    tokens attending to everything before them, and the output layer at one position per input."""
+# --- FLOPs and floors ----------------------------------------------------------------------------
+def layer_costs(config) -> tuple[float, float]:
+    """(linear FLOPs per token through all layers, attention FLOPs per (query, key) pair)."""
     h, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
     kv = getattr(config, "num_key_value_heads", heads) * head_dim
     q = heads * head_dim
     linear = 2 * layers * (h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size)
-    attn_per_context = 4 * layers * q  # QK^T and AV, per (query, key) pair
+    return linear, 4 * layers * q  # QK^T and AV
 
-    def tokens(start: int, end: int) -> float:  # positions start..end-1, each seeing t+1 keys
-        return (end - start) * linear + attn_per_context * sum(t + 1 for t in range(start, end))
 
+def forward_flops(config, start: int, end: int) -> float:
+    """Positions start..end-1 of one sequence, each attending to itself and all before it."""
+    linear, attn = layer_costs(config)
+    return (end - start) * linear + attn * sum(t + 1 for t in range(start, end))
+
+
+def needed_flops(config, seqs_by_prompt: list[list[list[int]]]) -> float:
+    """Forward FLOPs that scoring cannot avoid: each prompt's shared prefix once, each input's own
+    tokens attending to everything before them, and the output layer at one position per input."""
     total = 0.0
     for seqs in seqs_by_prompt:
         plen = common_prefix_length(seqs)
-        total += tokens(0, plen) + sum(tokens(plen, len(s)) for s in seqs) + len(seqs) * 2 * h * config.vocab_size
+        total += forward_flops(config, 0, plen) + sum(forward_flops(config, plen, len(s)) for s in seqs)
+        total += len(seqs) * 2 * config.hidden_size * config.vocab_size
     return total
+
+
+def weight_read_seconds(model, repeats: int = 5) -> float:
+    """Seconds to read every weight of `model` once, one tensor at a time as a forward pass does
+    (a sum per tensor, best of runs): the least time one decoding step can take."""
+    params = list(model.parameters())
+    return min(timed(lambda: [p.sum() for p in params])[0] for _ in range(repeats))
 
 
 def matmul_peak(dtype: torch.dtype, config, repeats: int = 20) -> float:
@@ -132,6 +148,30 @@ def timed(fn):
 
 
 # --- one APPO step -------------------------------------------------------------------------------
+def appo_floors(agent, scorer, task, query: torch.Tensor, samples, batch, ppo_epochs: int) -> dict:
+    """Seconds each phase would take at this machine's limits, counting only the work the method
+    needs (real response tokens, no padding): decoding reads every agent weight once per new
+    token (memory-bound at batch 4), the query prefill and the update are matmul-bound (the
+    update is 2 no-grad passes plus, per PPO epoch, a forward and a backward that needs input
+    gradients only, about one forward more), and scoring needs `needed_flops` of the target."""
+    model = agent.model.get_base_model()
+    config, dtype = model.config, next(model.parameters()).dtype
+    peak = matmul_peak(dtype, config)
+    read = weight_read_seconds(model)
+    lengths = samples.mask.sum(-1).long().tolist()
+    q = len(query)
+    prefill = forward_flops(config, 0, q)
+    vocab_layer = 2 * config.hidden_size * config.vocab_size
+    step_flops = len(lengths) * (layer_costs(config)[0] + vocab_layer)
+    decode = sum(max(read, step_flops / peak) for _ in range(max(lengths)))
+    update_pass = prefill + sum(forward_flops(config, q, q + n - 1) + n * vocab_layer for n in lengths)
+    seqs = [scorer.tokenizer([task.render(p, ex.text) for ex in batch], add_special_tokens=True)["input_ids"]
+            for p in samples.prompts]
+    target = scorer.model
+    score = needed_flops(target.config, seqs) / matmul_peak(next(target.parameters()).dtype, target.config)
+    return {"generate": prefill / peak + decode, "score": score, "update": (2 + 2 * ppo_epochs) * update_pass / peak}
+
+
 def appo_step(threads: int, agent_dtype: str) -> list[dict]:
     from promptrl.algos.appo import APPOTrainer
     from promptrl.train import build_agent, seed_everything
@@ -143,13 +183,19 @@ def appo_step(threads: int, agent_dtype: str) -> list[dict]:
     scorer = build_scorer(cfg.target, task, cfg.cache_dir)
     agent = build_agent(cfg, 0)
     trainer = APPOTrainer(cfg.algo, task, scorer, agent, None, seed=0, checkpoint_every=0, progress=False)
+    sampled = []
+    sample = agent.sample
+    agent.sample = lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1]  # keep the step's samples
     rows = []
     for step in range(3):
         batches = trainer.epoch_batches(0)
         batch = batches[step % len(batches)]
-        total, row = timed(lambda: trainer.ppo_step(batch))
+        query = trainer.make_query()
+        total, row = timed(lambda: trainer.ppo_step(batch, query))
+        floor = appo_floors(agent, scorer, task, query, sampled[-1], batch, cfg.algo.ppo_epochs)
         rows.append({"agent": agent_dtype, "step": step, "total": total, "generate": row["time_generate"],
-                     "score": row["time_score"], "update": row["time_update"], "tokens": float(row["response_len"])})
+                     "score": row["time_score"], "update": row["time_update"], "tokens": float(row["response_len"]),
+                     "query": len(query), "floor": floor})
     return rows
 
 
@@ -235,12 +281,16 @@ def main() -> int:
 
     if not args.no_appo_step:
         rows = [r for dt in args.agent_dtypes.split(",") for r in appo_step(args.threads, dt)]
-        step_table = Table(title="one APPO step: 4 prompts (<= 64 new tokens) x 16 inputs + PPO update, seconds")
-        for col in ("agent dtype", "step", "generate", "score", "update", "total", "mean prompt tokens"):
+        step_table = Table(title="one APPO step: 4 prompts (<= 64 new tokens) x 16 inputs + PPO update, seconds "
+                                 "(floor: the needed work at matmul peak and weight-read speed)")
+        for col in ("agent dtype", "step", "query tokens", "mean prompt tokens", "generate (floor)", "score (floor)",
+                    "update (floor)", "total (floor)"):
             step_table.add_column(col, justify="right")
         for r in rows:
-            step_table.add_row(r["agent"], str(r["step"]), *(f"{r[k]:.2f}" for k in ("generate", "score", "update", "total")),
-                               f"{r['tokens']:.0f}")
+            floor = r["floor"]
+            step_table.add_row(r["agent"], str(r["step"]), str(r["query"]), f"{r['tokens']:.0f}",
+                               *(f"{r[k]:.2f} ({floor[k]:.2f})" for k in ("generate", "score", "update")),
+                               f"{r['total']:.2f} ({sum(floor.values()):.2f})")
         console.print(step_table)
 
     for f in failures:
