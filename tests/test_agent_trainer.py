@@ -277,3 +277,28 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path):
     newest.write_bytes(newest.read_bytes()[:100])  # a torn write
     again = make_trainer(tmp_path)
     assert again.try_resume() and again.step == 3
+
+
+def test_acting_folds_the_adapter_in_and_puts_the_weights_back_exactly():
+    agent = make_agent()
+    with torch.no_grad():  # a non-trivial policy (B starts at zero)
+        for name, p in agent.model.named_parameters():
+            if "lora_B" in name and ".policy." in name:
+                p.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in agent.model.named_parameters()}
+    ids = torch.tensor([[5, 9, 14, 3, 7, 11]])
+    agent.model.eval()
+    with torch.no_grad():
+        with agent.using(POLICY):
+            want = agent.model(input_ids=ids).logits
+        with agent.using(BASE):
+            base = agent.model(input_ids=ids).logits
+        with agent.acting(POLICY):
+            got = agent.model(input_ids=ids).logits
+            folded = [n for n, p in agent.model.named_parameters() if "base_layer" in n and not torch.equal(p, before[n])]
+    assert not torch.allclose(want, base, atol=1e-3)  # the adapter matters...
+    assert torch.allclose(got, want, atol=1e-5)  # ...and acting applies it,
+    assert folded  # folded into the base weights (the LoRA branches off)
+    for n, p in agent.model.named_parameters():
+        assert torch.equal(p, before[n]), n  # restored bit for bit
+    assert all(not p.requires_grad for p in agent.lora_params(ANCHOR).values())
