@@ -16,11 +16,15 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from promptrl.errors import UserError
+from promptrl.models import output_logits
 from promptrl.tasks import Example, Task
 
 log = logging.getLogger(__name__)
 
 POLICY, ANCHOR, BASE = "policy", "anchor", "base"
+# Chat templates end the assistant's turn with these; an instruct model often emits one instead
+# of (or before) its EOS, and the instruction must stop there.
+END_OF_TURN_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>", "<|end|>")
 
 
 @dataclass
@@ -77,13 +81,20 @@ class Agent(nn.Module):
                           task_type="CAUSAL_LM", target_modules=list(target_modules) if target_modules else None)
         self.model = get_peft_model(base_model, lora, adapter_name=POLICY)
         self.model.add_adapter(ANCHOR, lora)
-        hidden = base_model.config.hidden_size
-        self.value_heads = nn.ModuleDict({POLICY: nn.Linear(hidden, 1), ANCHOR: nn.Linear(hidden, 1)})
+        device = next(base_model.parameters()).device
+        self.model.to(device)  # both adapters beside the weights they adapt (peft skips some devices)
+        # The value heads live beside the model (a head left on the CPU default would meet CUDA
+        # states in evaluate_actions) and in fp32 whatever the base dtype, like the adapters.
+        hidden = base_model.config.get_text_config().hidden_size
+        self.value_heads = nn.ModuleDict({k: nn.Linear(hidden, 1, device=device, dtype=torch.float32)
+                                          for k in (POLICY, ANCHOR)})
         self.model.set_adapter(POLICY)
         self.copy(POLICY, ANCHOR)  # the anchor starts as the initial agent
         gen = getattr(base_model, "generation_config", None)
         eos = gen.eos_token_id if gen is not None and gen.eos_token_id is not None else tokenizer.eos_token_id
-        self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id})
+        vocab = tokenizer.get_vocab()
+        end_of_turn = [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+        self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, *end_of_turn} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
 
     # --- adapters -------------------------------------------------------------------------
@@ -100,7 +111,8 @@ class Agent(nn.Module):
         dst_params = self.lora_params(dst)
         for key, p in self.lora_params(src).items():
             dst_params[key].copy_(p)
-        self.value_heads[dst].load_state_dict(self.value_heads[src].state_dict())
+        for d, s in zip(self.value_heads[dst].parameters(), self.value_heads[src].parameters()):
+            d.copy_(s)
 
     @contextlib.contextmanager
     def using(self, adapter: str):
@@ -214,7 +226,9 @@ class Agent(nn.Module):
 
     def evaluate_actions(self, query: torch.Tensor, responses: torch.Tensor, adapter: str = POLICY,
                          with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-prob of each response token under `adapter`, and the value of the state before it."""
+        """Log-prob of each response token under `adapter`, and the value of the state before it.
+        The entropy of each token's distribution is left in `self.last_entropy` ([B, T], no grad):
+        it comes free from the same logits and is the usual early sign of a collapsing policy."""
         device = self.device
         B, T = responses.shape
         responses = responses.to(device)
@@ -232,8 +246,10 @@ class Agent(nn.Module):
                 rest = decoder(input_ids=responses[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
                 states = torch.cat([states, rest], dim=1)
             # Only the states that choose response tokens go through the (large) output layer.
-            logits = base.get_output_embeddings()(states).float()
-            logp = torch.log_softmax(logits, -1).gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            logprobs = torch.log_softmax(output_logits(base, states), -1)
+            logp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                self.last_entropy = -(logprobs.exp() * logprobs).sum(-1)
             head = self.value_heads[POLICY if adapter == BASE else adapter]
             values = head(states.float()).squeeze(-1) if with_values else None
         return logp, values

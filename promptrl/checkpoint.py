@@ -18,6 +18,18 @@ log = logging.getLogger(__name__)
 KEEP = 2  # the newest and one before it, in case the newest is unreadable
 
 
+def to_cpu(tree):
+    """Every tensor of a nested state as a CPU copy: a checkpoint written on a GPU resumes on
+    any device (the loader copies into the live model's tensors, which decide the device)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().cpu()
+    if isinstance(tree, dict):
+        return {k: to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(to_cpu(v) for v in tree)
+    return tree
+
+
 def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
     path = directory / f"ckpt-{step:07d}.pt"
     for stale in directory.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
@@ -27,7 +39,7 @@ def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ckpt-", suffix=".tmp")
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(to_cpu(state), buffer)
         data = buffer.getbuffer()
         with os.fdopen(fd, "wb") as f:
             f.write(data[:len(data) // 2])

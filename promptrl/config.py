@@ -240,7 +240,7 @@ class APEConfig(AlgoBase):
     evaluation: str = "full"
     eval_examples: Optional[int] = 16  # null = the whole training split
     ucb_rounds: int = 10
-    ucb_prompts_per_round: int = 8
+    ucb_prompts_per_round: float = 0.333  # below 1: a fraction of the candidates per round (APE's 1/3); else a count
     ucb_examples_per_round: int = 8
     ucb_exploration: float = 1.0
     # Iterative APE: paraphrase the top candidates this many rounds (0 = off).

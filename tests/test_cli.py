@@ -20,7 +20,7 @@ def test_preflight_composes_every_swept_value():
     r = promptrl("train", "-m", "task=sst2,subj,nope", "seed=0,1")
     assert r.returncode == 2 and r.stderr.strip() == (
         "promptrl: error: task='nope' is not a known option; expected one of: agnews, bbii_* (20 options), cr, ii_* (24 options), "
-        "mmlu, mmlu_* (57 options), mnli, mr, mrpc, openbookqa, qnli, rte, snli, sst2, sst5, subj, trec")
+        "mmlu, mmlu_* (57 options), mnli, mr, mrpc, openbookqa, qnli, rte, snli, sst2, sst2_paper, sst5, subj, trec")
     r = promptrl("train", "task=ii_antonym")
     assert r.returncode == 2 and "task='ii_antonym' is not a known option (did you mean ii_antonyms?)" in r.stderr
     assert "Launching" not in r.stdout

@@ -25,8 +25,8 @@ def sweep(cfg) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("name, jobs, tasks", [
-    ("paper_table1", 18, {"sst2", "mrpc", "rte", "qnli", "mnli", "snli"}),
-    ("paper_table5", 90, {"sst2", "mrpc", "rte", "qnli", "mnli", "snli"}),
+    ("paper_table1", 18, {"sst2_paper", "mrpc", "rte", "qnli", "mnli", "snli"}),
+    ("paper_table5", 90, {"sst2_paper", "mrpc", "rte", "qnli", "mnli", "snli"}),
     ("paper_ii", 44 * 3, None),
     ("paper_mmlu", 58 * 2, None),
 ])

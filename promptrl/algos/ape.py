@@ -6,8 +6,10 @@ target. Three phases, each a run of steps under the shared budget:
 
   propose   `prompts_per_step` candidates per demonstration draw until `num_candidates`;
             with evaluation=full each is scored at once on one fixed training subset
-  ucb       evaluation=ucb only: APE's bandit — each round scores the candidates with the
-            highest upper confidence bound on a fresh draw of training examples
+  ucb       evaluation=ucb only: APE's bandit — a random first round, then each round scores
+            the candidates (a fraction of them, `ucb_prompts_per_round`) with the highest upper
+            confidence bound on a fresh draw of training examples, so promising ones are pulled
+            again and again
   resample  iterative APE: paraphrases of the current top candidates, scored like the rest
 
 Every candidate's score is StablePrompt's reward (c_a*acc + c_s*margin) averaged over the
@@ -33,7 +35,8 @@ def validate(cfg) -> None:
         (cfg.prompts_per_step >= 1, f"algo.prompts_per_step={cfg.prompts_per_step}; expected >= 1"),
         (cfg.eval_examples is None or cfg.eval_examples >= 1, f"algo.eval_examples={cfg.eval_examples}; expected >= 1 or null"),
         (cfg.ucb_rounds >= 0, f"algo.ucb_rounds={cfg.ucb_rounds}; expected >= 0"),
-        (cfg.ucb_prompts_per_round >= 1, f"algo.ucb_prompts_per_round={cfg.ucb_prompts_per_round}; expected >= 1"),
+        (cfg.ucb_prompts_per_round > 0, f"algo.ucb_prompts_per_round={cfg.ucb_prompts_per_round}; expected a fraction "
+         "of the candidates in (0, 1) or a count >= 1"),
         (cfg.ucb_examples_per_round >= 1, f"algo.ucb_examples_per_round={cfg.ucb_examples_per_round}; expected >= 1"),
         (cfg.resample_rounds >= 0, f"algo.resample_rounds={cfg.resample_rounds}; expected >= 0"),
         (cfg.resample_top >= 1, f"algo.resample_top={cfg.resample_top}; expected >= 1"),
@@ -50,16 +53,30 @@ def stableprompt_candidates(n_train: int) -> int:
     return d.epochs * math.ceil(n_train / d.batch_size) * d.prompts_per_step
 
 
-def ucb_pick(stats: dict[str, dict], k: int, c: float) -> list[str]:
-    """The k candidates with the highest mean + c*sqrt(log(total pulls) / pulls); unpulled first."""
-    total = sum(s["n"] for s in stats.values())
-    def bound(item):
-        prompt, s = item
-        if s["n"] == 0:
-            return math.inf
-        return s["sum"] / s["n"] + c * math.sqrt(math.log(max(total, 1)) / s["n"])
-    ranked = sorted(stats.items(), key=bound, reverse=True)  # stable: ties keep proposal order
-    return [p for p, _ in ranked[:k]]
+def ucb_pick(stats: dict[str, dict], k: int, c: float, rng, scale: float = 1.0) -> list[str]:
+    """APE's UCB bandit choice (its `UCBBandits.choose`): the first round is a random draw of k
+    candidates; after that the k with the highest mean reward + c * scale * sqrt(ln(total
+    pulls) / pulls), where an unpulled candidate counts 1e-3 pulls (a large but finite bonus, so
+    a clearly good candidate is pulled again while new ones still get their turn). `scale` is the
+    reward's range (APE's scores are accuracies in [0, 1], StablePrompt's reward is ~10x)."""
+    prompts = list(stats)
+    k = min(k, len(prompts))
+    pulls = {p: stats[p].get("pulls", 0) for p in prompts}
+    if sum(pulls.values()) == 0:
+        return rng.sample(prompts, k)
+    total = sum(n + 1e-3 for n in pulls.values())
+
+    def bound(p):
+        s = stats[p]
+        mean = s["sum"] / s["n"] if s["n"] else 0.0
+        return mean + c * scale * math.sqrt(math.log(total) / (pulls[p] + 1e-3))
+
+    return sorted(prompts, key=bound, reverse=True)[:k]
+
+
+def prompts_per_round(setting: float, candidates: int) -> int:
+    """APE's num_prompts_per_round: below 1, a fraction of the candidates; else a count."""
+    return max(1, round(setting * candidates)) if setting < 1 else int(setting)
 
 
 class APE(PromptOptimizer):
@@ -101,7 +118,9 @@ class APE(PromptOptimizer):
             self.proposed += n
             row = self.add_candidates(prompts, score=self.cfg.evaluation == "full")
         elif phase == "ucb":
-            picked = ucb_pick(self.stats, self.cfg.ucb_prompts_per_round, self.cfg.ucb_exploration)
+            scale = abs(self.cfg.reward_acc_coef) + abs(self.cfg.reward_margin_coef)
+            picked = ucb_pick(self.stats, prompts_per_round(self.cfg.ucb_prompts_per_round, len(self.stats)),
+                              self.cfg.ucb_exploration, self.rng, scale)
             examples = self.rng.sample(self.task.train, min(self.cfg.ucb_examples_per_round, len(self.task.train)))
             row = self.score_candidates(picked, examples)
             self.ucb_done += 1
@@ -127,6 +146,7 @@ class APE(PromptOptimizer):
         rewards, parts = self.reward(prompts, examples)
         for p, r in zip(prompts, rewards.tolist()):
             if math.isfinite(r):  # a NaN score leaves the candidate unscored rather than poisoning its mean
+                self.stats[p]["pulls"] = self.stats[p].get("pulls", 0) + 1
                 self.stats[p]["n"] += len(examples)
                 self.stats[p]["sum"] += r * len(examples)
         return {"reward_mean": rewards.mean(), "reward_max": rewards.max(), "acc_mean": parts["acc"].mean(),

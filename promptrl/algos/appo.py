@@ -1,6 +1,6 @@
 """StablePrompt's training loop: PPO on the agent's prompts, KL-anchored (APPO) or not (PPO).
 
-One step: draw k demonstrations from dev, build the meta-prompt query, sample P instructions
+One step: draw k demonstrations from train, build the meta-prompt query, sample P instructions
 from the policy, score them on a train batch (one batched target call), reward = c_a*acc +
 c_s*margin, then PPO-update the policy adapter and value head with a per-token KL penalty
 against the reference `algo.reference` names:
@@ -97,8 +97,10 @@ class APPOTrainer(PromptOptimizer):
         with torch.no_grad():
             agent.model.eval()
             old_logp, old_values = agent.evaluate_actions(query, responses, POLICY)
+            entropy = agent.last_entropy
             ref_logp, _ = agent.evaluate_actions(query, responses, self.reference_adapter(), with_values=False)
             mask = mask.to(old_logp.device)
+            mean_entropy = float(pm.masked_mean(entropy, mask))  # nats per token of the sampling policy
             rewards, kl = pm.kl_penalized_rewards(scores.to(old_logp.device), old_logp, ref_logp, mask, self.kl_ctl.value)
             advantages, returns = pm.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -125,6 +127,7 @@ class APPOTrainer(PromptOptimizer):
         mean_kl = float(kl.sum(-1).mean())  # sequence-level KL to the reference
         self.kl_ctl.update(mean_kl, n)
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, "kl": mean_kl, "kl_coef": self.kl_ctl.value,
+                "entropy": mean_entropy,
                 "explained_variance": pm.explained_variance(old_values, returns, mask)}
 
     # --- the anchor ------------------------------------------------------------------------
@@ -141,6 +144,11 @@ class APPOTrainer(PromptOptimizer):
         anchor = self.agent.sample(query, n, ANCHOR)
         acc = self.scorer.score(policy.prompts + anchor.prompts, self.task.dev).accuracy
         return self.decide(acc[:n].mean().item(), acc[n:].mean().item())
+
+    def anchor_check_matters(self) -> bool:
+        """After the last epoch a check cannot change the result (the final evaluation reads the
+        queue, not the policy), so it would only spend 2·N·|dev| target calls."""
+        return not self.finished()
 
     def anchor_check_calls(self) -> int:
         """Target calls one anchor check costs (0 when it scores nothing)."""
@@ -188,7 +196,7 @@ class APPOTrainer(PromptOptimizer):
         # A dev comparison that would cross the budget is skipped: training ends within a step
         # anyway, and the budget must bound every method alike.
         fits = self.budget_calls is None or self.scorer.calls + self.anchor_check_calls() <= self.budget_calls
-        if self.epoch % self.cfg.update_term == 0 and fits:
+        if self.epoch % self.cfg.update_term == 0 and fits and self.anchor_check_matters():
             decision = self.anchor_check()
             if decision:
                 decision.update(step=self.step, epoch=self.epoch - 1, target_calls=self.scorer.calls)
@@ -219,7 +227,9 @@ class APPOTrainer(PromptOptimizer):
         with torch.no_grad():
             for n, t in state["lora"].items():
                 params[n].copy_(t)
-        self.agent.value_heads.load_state_dict(state["value_heads"])
+        with torch.no_grad():  # copied into the live heads, which decide the device
+            for n, p in self.agent.value_heads.named_parameters():
+                p.copy_(state["value_heads"][n])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.value = state["kl_coef"]
         self.anchor_history = list(state["anchor_history"])

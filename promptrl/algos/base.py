@@ -105,8 +105,10 @@ class PromptOptimizer:
         return reward, {"acc": scores.accuracy, "margin": scores.margin}
 
     def demo_query(self, meta_prompt: str, prefix: str) -> torch.Tensor:
-        """The forward-generation query: meta-prompt + k demonstrations drawn from dev."""
-        demos = self.rng.sample(self.task.dev, min(self.cfg.num_demos, len(self.task.dev)))
+        """The forward-generation query: meta-prompt + k demonstrations drawn from train (the
+        paper's §3.1). Not from dev: dev is the anchor-check and selection set, and a prompt that
+        echoed dev demonstrations would get them right there for free."""
+        demos = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
         return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
 
     def train_subset(self, n: int | None) -> list[Example]:
@@ -157,6 +159,8 @@ class PromptOptimizer:
         return {
             "step": self.step, "elapsed": self.elapsed, "queue": self.queue.state_dict(),
             "rng_python": self.rng.getstate(), "rng_torch": torch.get_rng_state(),
+            # sampling on a GPU draws from the CUDA generator; without it a resumed run would diverge
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
             "extra": self.extra_state(),
         }
@@ -166,6 +170,8 @@ class PromptOptimizer:
         self.queue.load_state_dict(state["queue"])
         self.rng.setstate(state["rng_python"])
         torch.set_rng_state(state["rng_torch"])
+        if state.get("rng_cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
         self.load_extra_state(state["extra"])
 

@@ -28,7 +28,7 @@ def kl_penalized_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torc
     kl = (logp - ref_logp) * mask
     rewards = -beta * kl
     last = mask.sum(-1).long().clamp(min=1) - 1
-    rewards[torch.arange(len(score)), last] += score
+    rewards[torch.arange(len(score), device=last.device), last] += score
     return rewards * mask, kl
 
 

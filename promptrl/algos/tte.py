@@ -1,7 +1,7 @@
 """TTE-StablePrompt (test-time editing, REFERENCE §5, the clean version).
 
 The agent writes an instruction for one input: its query is the TTE meta-prompt, k
-demonstrations from dev, and the current input. Training takes one training example per step
+demonstrations from train, and the current input. Training takes one training example per step
 (the authors' batch size 1), samples `prompts_per_step` instructions for it, rewards each on
 that single example (accuracy + margin, or the generation metric) and makes one APPO update.
 The anchor check compares policy and anchor on dev, each writing one instruction per dev input.
@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 class TTETrainer(APPOTrainer):
     def tte_message(self, example: Example) -> str:
-        """Meta-prompt + k dev demonstrations (never the example itself) + the current input."""
-        pool = [e for e in self.task.dev if e.id != example.id]
+        """Meta-prompt + k training demonstrations (never the example itself) + the current input."""
+        pool = [e for e in self.task.train if e.id != example.id]
         demos = self.rng.sample(pool, min(self.cfg.num_demos, len(pool)))
         user = user_message(self.cfg.meta_prompt, format_demos(self.task, demos))
         return f"{user}\n\n{self.cfg.current_input_label} {example.text}"
@@ -49,6 +49,9 @@ class TTETrainer(APPOTrainer):
 
     def instance_prompts(self, examples: list[Example], adapter: str = POLICY) -> list[str]:
         return self.agent.sample_each([self.tte_query(ex) for ex in examples], adapter)
+
+    def anchor_check_matters(self) -> bool:
+        return True  # the final policy writes the test prompts, so the last check can change them
 
     def anchor_check_calls(self) -> int:
         return 2 * len(self.task.dev) if self.cfg.reference == "anchor" else 0

@@ -119,15 +119,16 @@ class Scorer:
         partial = []  # (prompt index, cached scores) for prompts with some examples cached
         if self.cache:
             todo = []
+            distinct = len(set(keys))  # an example list may hold the same input twice
             for i, p in enumerate(prompts):
                 got = self.cache.get(p, keys)
-                if len(got) == len(keys):
+                if len(got) == distinct:
                     lp[i] = torch.stack([got[k] for k in keys])
                 elif got:
                     partial.append((i, got))
                 else:
                     todo.append(i)
-                self.cache_hits += len(got)
+                self.cache_hits += sum(k in got for k in keys)
         if todo:
             lp[todo] = self._score_rows([prompts[i] for i in todo], examples).view(len(todo), len(examples), -1)
         for i, got in partial:
@@ -136,7 +137,7 @@ class Scorer:
             for j, k in enumerate(keys):
                 lp[i, j] = got[k] if k in got else fresh[missing.index(j)]
         if self.cache:
-            self.cache_misses += len(todo) * len(examples) + sum(len(keys) - len(got) for _, got in partial)
+            self.cache_misses += len(todo) * len(examples) + sum(sum(k not in got for k in keys) for _, got in partial)
             for i in todo + [i for i, _ in partial]:
                 self.cache.put(prompts[i], keys, lp[i])
         self.calls += len(prompts) * len(examples)
@@ -200,9 +201,18 @@ class Scorer:
 
 
 def cut_at_stop(text: str, stop) -> str:
-    """`text` up to the first occurrence of any stop string, stripped."""
+    """`text` without its leading whitespace, up to the first stop string after that, stripped:
+    a target that answers "\nParis" answers "Paris" (a stop string is the end of an answer, not
+    the blank before it)."""
+    text = text.lstrip()
     end = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=len(text))
     return text[:end].strip()
+
+
+def stopped_after_text(text: str, stop) -> bool:
+    """True once `text` holds a stop string after some non-space text (see cut_at_stop)."""
+    text = text.lstrip()
+    return any(s and s in text for s in stop)
 
 
 BACKENDS = ("hf", "vllm", "server")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 import torch
-from transformers import DynamicCache, StoppingCriteriaList, StopStringCriteria
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from promptrl.errors import UserError
-from promptrl.models import load_model
-from promptrl.scoring import Scorer, cut_at_stop
+from promptrl.models import load_model, output_logits
+from promptrl.scoring import Scorer, cut_at_stop, stopped_after_text
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ class HFScorer(Scorer):
         self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._stopping: dict[tuple[str, ...], StoppingCriteriaList | None] = {}
 
     def identity(self) -> dict:
         config = self.model.config
@@ -123,24 +122,17 @@ class HFScorer(Scorer):
                 mask[r, width - len(seqs[i]):] = 1
             new = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
-                                      stopping_criteria=self._stop_criteria(tuple(stop)))
+                                      stopping_criteria=self._stop_criteria(tuple(stop), width))
             for r, i in enumerate(chunk):
                 out[i] = cut_at_stop(self.tokenizer.decode(new[r, width:], skip_special_tokens=True), stop)
         return out
 
-    def _stop_criteria(self, stop: tuple[str, ...]) -> StoppingCriteriaList | None:
-        """Ends a row at its first stop string, and a batch once every row has: answers are a line
-        long, so most of max_new_tokens is never decoded. Built once per stop set (it indexes the
-        vocabulary); None for tokenizers it cannot index, where cut_at_stop alone applies."""
+    def _stop_criteria(self, stop: tuple[str, ...], prompt_width: int) -> StoppingCriteriaList | None:
+        """Ends a row at its first stop string after some text, and a batch once every row has:
+        answers are a line long, so most of max_new_tokens is never decoded."""
         if not any(stop):
             return None
-        if stop not in self._stopping:
-            try:
-                self._stopping[stop] = StoppingCriteriaList([StopStringCriteria(self.tokenizer, [s for s in stop if s])])
-            except ValueError:
-                log.debug("stop strings %r cannot be matched on this tokenizer's tokens; cutting after decoding", stop)
-                self._stopping[stop] = None
-        return self._stopping[stop]
+        return StoppingCriteriaList([StopAfterText(self.tokenizer, stop, prompt_width)])
 
     def _chunks(self, lengths: list[int], prefix_width: int) -> list[list[int]]:
         """Row indices, longest first, cut where a chunk would pass `batch_tokens` (prefix slots
@@ -204,8 +196,19 @@ class HFScorer(Scorer):
         ).last_hidden_state
         last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
         final = hidden[torch.arange(n, device=self.device), last]
-        logits = self.model.get_output_embeddings()(final).float()
-        return torch.log_softmax(logits, -1)[:, self.label_ids.to(self.device)].cpu()
+        return torch.log_softmax(output_logits(self.model, final), -1)[:, self.label_ids.to(self.device)].cpu()
+
+
+class StopAfterText(StoppingCriteria):
+    """A row is done once its new tokens, decoded, hold a stop string after non-space text
+    (transformers' StopStringCriteria would also stop on a newline before the answer)."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...], start: int):
+        self.tokenizer, self.stop, self.start = tokenizer, stop, start
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.start:], skip_special_tokens=True)
+        return torch.tensor([stopped_after_text(t, self.stop) for t in texts], device=input_ids.device)
 
 
 def common_prefix_length(seqs: list[list[int]]) -> int:

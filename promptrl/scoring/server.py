@@ -130,8 +130,10 @@ class ServerScorer(Scorer):
         self.tokens += sum(len(s) for s in seqs)
 
         def request(batch: list[list[int]]) -> list[str]:
+            # No server-side stop: a server stops on a newline before any text too (an answer
+            # that starts with "\n" would come back empty); cut_at_stop cuts after the text.
             answer = self._post("/completions", {"model": self.served_model, "prompt": batch, "temperature": 0.0,
-                                                 "max_tokens": max_new_tokens, "stop": list(stop) or None})
+                                                 "max_tokens": max_new_tokens})
             return [cut_at_stop(c["text"], stop) for c in sorted(answer["choices"], key=lambda c: c["index"])]
 
         batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]

@@ -95,11 +95,29 @@ class VLLMScorer(Scorer):
         return out
 
     def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        """Greedy answers cut as cut_at_stop does. vLLM stops at the first stop string even
+        before any text (an answer that starts with a newline); such rows are continued from
+        where they stopped until a stop string follows text or max_new_tokens are spent."""
         from vllm import SamplingParams
 
         seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], self.max_len - max_new_tokens)
         self.tokens += sum(len(s) for s in seqs)
-        params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0, stop=list(stop) or None,
-                                skip_special_tokens=True)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
-        return [cut_at_stop(o.outputs[0].text, stop) for o in outputs]
+        done = [""] * len(seqs)
+        emitted = [[] for _ in seqs]  # token ids generated so far per row
+        todo = list(range(len(seqs)))
+        while todo:
+            params = [SamplingParams(max_tokens=max_new_tokens - len(emitted[i]), temperature=0.0,
+                                     stop=list(stop) or None, skip_special_tokens=True) for i in todo]
+            outputs = self.llm.generate([{"prompt_token_ids": seqs[i] + emitted[i]} for i in todo], params, use_tqdm=False)
+            again = []
+            for i, result in zip(todo, outputs):
+                out = result.outputs[0]
+                emitted[i] += list(out.token_ids)
+                text = self.tokenizer.decode(emitted[i], skip_special_tokens=True)
+                blank_stop = out.finish_reason == "stop" and out.stop_reason in stop and not text.strip()
+                if blank_stop and out.token_ids and len(emitted[i]) < max_new_tokens:
+                    again.append(i)
+                else:
+                    done[i] = cut_at_stop(text, stop)
+            todo = again
+        return done

@@ -1,0 +1,107 @@
+"""Device discipline without a GPU: the agent, the PPO update, the scorer and checkpoints run
+with the model on a stand-in device (tests/device_proxy.py), where any tensor the code makes
+without `device=` and mixes with the model's fails as it would on CUDA."""
+
+import pytest
+import torch
+
+from promptrl.agent import ANCHOR, POLICY, Agent
+from promptrl.algos.appo import APPOTrainer
+from promptrl.scoring.hf import HFScorer
+
+from conftest import make_model, make_tokenizer
+from device_proxy import PROXY, DeviceMismatch, on_proxy, proxy_device, to_proxy
+from test_agent_trainer import algo_cfg, toy_task
+
+
+def proxy_agent(seed=0):
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    base = to_proxy(make_model(len(tok), seed=seed))  # what load_model's model.to(device) does
+    return Agent(base, tok, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=6)
+
+
+def all_tensors_on_proxy(module) -> list[str]:
+    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if not on_proxy(t)]
+
+
+def test_the_proxy_device_catches_a_cpu_tensor_meeting_the_model():
+    with proxy_device():
+        model = to_proxy(make_model(len(make_tokenizer())))
+        states = model.model(input_ids=torch.tensor([[3, 4, 5]], device=PROXY)).last_hidden_state
+        assert on_proxy(states)
+        with pytest.raises(DeviceMismatch, match="same device"):
+            torch.nn.Linear(32, 1)(states)  # a head built on the CPU default
+
+
+def test_agent_adapters_and_value_heads_follow_the_model_device():
+    with proxy_device():
+        agent = proxy_agent()
+        assert all_tensors_on_proxy(agent) == []
+        assert all(p.dtype == torch.float32 for p in agent.value_heads.parameters())
+
+
+def test_sampling_and_ppo_update_run_on_the_model_device(tmp_path):
+    """One APPO step end to end (sample, score on a target that is also on the device, PPO
+    update, anchor check), then a checkpoint saved and loaded into a fresh agent."""
+    task = toy_task()
+    with proxy_device():
+        agent = proxy_agent()
+        tok = make_tokenizer()
+        scorer = HFScorer(to_proxy(make_model(len(tok), seed=1)), tok, task, "proxy-target")
+        trainer = APPOTrainer(algo_cfg(epochs=1, batch_size=8, update_term=1), task, scorer, agent, tmp_path,
+                              checkpoint_every=1)
+        trainer.run()
+        assert trainer.step == 1 and len(trainer.anchor_history) == 0  # the check after the last epoch is skipped
+        trainer.anchor_check()
+        state = trainer.optimizer.state
+        assert state and all(on_proxy(v) for s in state.values() for k, v in s.items() if k != "step")
+        assert all_tensors_on_proxy(agent) == []
+        trainer.save()
+
+        fresh = APPOTrainer(algo_cfg(epochs=1, batch_size=8, update_term=1), task, scorer, proxy_agent(seed=5),
+                            tmp_path)
+        assert fresh.try_resume()
+        assert all_tensors_on_proxy(fresh.agent) == []
+        for key, p in agent.lora_params(POLICY).items():
+            assert torch.equal(fresh.agent.lora_params(POLICY)[key].cpu(), p.cpu())
+        assert all(on_proxy(v) for s in fresh.optimizer.state.values() for k, v in s.items() if k != "step")
+        fresh.agent.sample(fresh.make_query(), 2, ANCHOR)
+
+
+def test_checkpoints_hold_cpu_tensors_so_they_resume_on_any_device(tmp_path):
+    with proxy_device():
+        task = toy_task()
+        agent = proxy_agent()
+        tok = make_tokenizer()
+        scorer = HFScorer(to_proxy(make_model(len(tok), seed=1)), tok, task, "proxy-target")
+        trainer = APPOTrainer(algo_cfg(epochs=1, batch_size=8), task, scorer, agent, tmp_path, checkpoint_every=1)
+        trainer.run()
+    path = sorted((tmp_path / "checkpoints").glob("ckpt-*.pt"))[-1]
+    state = torch.load(path, weights_only=False)  # no map_location: loadable on a CPU-only machine
+    tensors = [t for t in _leaves(state) if isinstance(t, torch.Tensor)]
+    assert tensors and all(t.device.type == "cpu" and not on_proxy(t) for t in tensors)
+
+
+def test_hf_scorer_scores_the_same_on_the_model_device():
+    task = toy_task()
+    tok = make_tokenizer()
+    plain = HFScorer(make_model(len(tok), seed=1), tok, task, "cpu")
+    want = plain.score(["classify the review", "the sentiment"], task.test).label_logprobs
+    with proxy_device():
+        scorer = HFScorer(to_proxy(make_model(len(tok), seed=1)), tok, task, "proxy")
+        got = scorer.score(["classify the review", "the sentiment"], task.test).label_logprobs
+        answers = scorer.generate(["the movie was", "i love"], max_new_tokens=4, stop=["."])
+    assert not on_proxy(got) and torch.allclose(got, want, atol=1e-6)
+    assert answers == plain.generate(["the movie was", "i love"], max_new_tokens=4, stop=["."])
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _leaves(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
+            yield from _leaves(v)
+    else:
+        yield tree
