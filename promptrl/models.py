@@ -83,6 +83,13 @@ def packaged_gguf_path(package: str, filename: str, cache_dir: Path) -> Path:
     return out
 
 
+def gguf_adds_bos(gguf_path: Path) -> bool:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf_path).fields.get("tokenizer.ggml.add_bos_token")
+    return bool(field is not None and field.data and field.parts[field.data[0]][0])
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint once into a plain safetensors directory (atomic rename, so
     concurrent jobs never see half a checkpoint)."""
@@ -90,6 +97,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
         return out_dir
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    if gguf_adds_bos(gguf_path) and tokenizer.bos_token_id is not None:
+        # transformers' GGUF tokenizer drops tokenizer.ggml.add_bos_token; Gemma without its BOS
+        # answers "The The The ...".
+        tokenizer.add_bos_token = True
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are already dequantised; drop the GGUF markers so save/load treat it as plain.
     model.hf_quantizer = None

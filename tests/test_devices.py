@@ -105,3 +105,20 @@ def _leaves(tree):
             yield from _leaves(v)
     else:
         yield tree
+
+
+def test_gpu_smoke_script_composes_and_refuses_a_machine_without_cuda():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    sys.path.insert(0, str(scripts))
+    import gpu_smoke
+
+    r = subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *gpu_smoke.TRAIN, "--cfg", "job"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "device: cuda" in r.stdout, r.stderr[-2000:]
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(scripts / "gpu_smoke.py")], capture_output=True, text=True)
+        assert r.returncode == 1 and "no CUDA device is visible" in r.stderr
