@@ -32,7 +32,7 @@ def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_
     assert res["paper_test_accuracy"] >= res["test_accuracy"]
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "anchor" not in r] == [0, 1, 2, 3]
-    assert [r["anchor"] in ("update", "rollback", "keep") for r in rows if "anchor" in r] == [True]
+    assert [r for r in rows if "anchor" in r] == []  # one epoch: no check after the last (it cannot change the result)
     # every step wrote a checkpoint; resuming a finished run trains nothing more and re-evaluates
     r2 = train(shared_data, f"resume={run}", f"hydra.run.dir={tmp_path / 'resume'}", "logger.progress=false")
     assert r2.returncode == 0, r2.stderr[-3000:]
