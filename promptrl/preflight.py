@@ -12,7 +12,9 @@ import re
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ValueType
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -82,20 +84,25 @@ def preflight(conf_dir: str, command: str, args: list[str]) -> str | None:
     if ns.help or ns.hydra_help or ns.info or ns.shell_completion or ns.config_path or ns.config_name or ns.config_dir:
         return None  # Hydra handles these itself
     overrides = [o for o in ns.overrides if not re.match(r"^[~+]*hydra[./]", o)]
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as e:
-        bad = next((o for o in overrides if not _parses(o)), overrides[0] if overrides else "")
-        return _composition_message(e, bad)
-    multirun = ns.multirun
-    # One composition with every sweep at its first value, then one per further swept value.
-    first, variants = {}, [{}]
-    for i, o in enumerate(parsed):
-        if multirun and o.is_sweep_override():
-            values = list(o.sweep_string_iterator())
-            first[i] = values[0]
-            variants += [{i: v} for v in values[1:]]
     with initialize_config_dir(conf_dir, version_base="1.3", job_name=command):
+        # The config loader lets glob() sweeps expand against the config group's options, as
+        # Hydra's sweeper does.
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        try:
+            parsed = parser.parse_overrides(overrides)
+        except Exception as e:
+            bad = next((o for o in overrides if not _parses(o)), overrides[0] if overrides else "")
+            return _composition_message(e, bad)
+        # One composition with every sweep at its first value, then one per further swept value.
+        first, variants = {}, [{}]
+        for i, o in enumerate(parsed):
+            if ns.multirun and o.is_sweep_override():
+                values = list(o.sweep_string_iterator())
+                problem = _sweep_problem(o, values, overrides[i])
+                if problem:
+                    return problem
+                first[i] = values[0]
+                variants += [{i: v} for v in values[1:]]
         for variant in variants:
             chosen = {**first, **variant}
             job = [f"{o.get_key_element()}={chosen[i]}" if i in chosen else overrides[i] for i, o in enumerate(parsed)]
@@ -105,6 +112,23 @@ def preflight(conf_dir: str, command: str, args: list[str]) -> str | None:
                 said = f"{e} {e.__cause__}"
                 culprit = next((o for o in job if o.split("=", 1)[0].lstrip("+~") in said), "")
                 return _composition_message(e, culprit)
+    return None
+
+
+def _sweep_problem(o, values: list[str], text: str) -> str | None:
+    """A sweep over nothing (a glob() that matches no option, an empty range), or a glob that matches a structured-config schema (`*_schema`,
+    which the group lists beside its YAML options but is not an option to run)."""
+    key = o.get_key_element()
+    if not values:
+        if o.value_type == ValueType.GLOB_CHOICE_SWEEP:
+            return f"{text} matches no option of {key!r}"
+        return f"{text} sweeps over no values"
+    if o.value_type != ValueType.GLOB_CHOICE_SWEEP:
+        return None
+    schemas = [v for v in values if v.endswith("_schema")]
+    if schemas:
+        return (f"{text} matches {', '.join(schemas)}, a schema, not an option; "
+                f"add exclude=*_schema to the glob or list the options")
     return None
 
 

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
 
-from promptrl.config import TaskConfig
+from promptrl.config import register_configs
 from promptrl.errors import UserError
 from promptrl.tasks import load_task
 from promptrl.tasks.metrics import contains, exact_match, exact_set, f1, normalize, score_answer
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "task"
+register_configs()
 SHARED_II = ["active_to_passive", "antonyms", "common_concept", "diff", "first_word_letter", "informal_to_formal",
              "letters_list", "negation", "num_to_verbal", "rhymes", "second_word_letter", "sentence_similarity",
              "sentiment", "singular_to_plural", "sum", "synonyms", "translation_en-de", "translation_en-es",
@@ -21,7 +22,9 @@ SHARED_II = ["active_to_passive", "antonyms", "common_concept", "diff", "first_w
 
 
 def shipped(name: str, **over):
-    cfg = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(CONF / f"{name}.yaml"))
+    """The task config as `task=<name>` composes it (config extension included)."""
+    with initialize_config_dir(str(CONF.parent), version_base="1.3", job_name="test"):
+        cfg = compose("train", overrides=[f"task={name}"]).task
     for key, value in over.items():
         setattr(cfg, key, value)
     return cfg
