@@ -6,6 +6,7 @@ Each subcommand is its own Hydra app (config `conf/<command>.yaml`), so override
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 from promptrl.config import register_configs
 from promptrl.errors import UserError
 from promptrl.preflight import preflight
+
 
 def _conf_dir() -> str:
     """The config tree: conf/ beside the package in a source checkout (editable installs, so
@@ -46,6 +48,7 @@ def _report_errors(fn, cfg: DictConfig):
     """User mistakes end a run with one line on stderr and exit code 2, not a traceback
     (HYDRA_FULL_ERROR=1 or --verbose shows it anyway). In a sweep, a failing job of any kind is
     recorded in its directory (failed.json) and the sweep goes on; `main` reports the failures."""
+    route_transformers_logs()
     try:
         return fn(cfg)
     except Exception as e:
@@ -65,7 +68,6 @@ def _in_sweep() -> bool:
 
 
 def _record_failed_job(e: Exception) -> None:
-    import logging
     import traceback
 
     from promptrl.tracking import run_dir, write_json
@@ -104,7 +106,28 @@ def report_main(args: list[str]) -> int:
 COMMANDS = {"train": train_app, "eval": eval_app}
 
 
+def _quiet_libraries() -> None:
+    """Library chatter goes to the run's log file, not the console (the handlers are in
+    conf/hydra/job_logging/promptrl.yaml): Python warnings (deprecations) become log records,
+    per-load progress bars of transformers and datasets are off, and vLLM logs through the root
+    logger instead of its own console handler. Each variable can still be set to override."""
+    logging.captureWarnings(True)
+    for var in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+
+
+def route_transformers_logs() -> None:
+    """transformers logs through a stderr handler of its own; in a job its records go to the
+    job's handlers instead (for a library logger: the run's log file)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
 def main() -> None:
+    _quiet_libraries()
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)

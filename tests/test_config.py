@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
+import logging
+import logging.config
+import warnings
 from pathlib import Path
 
 import pytest
@@ -12,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import promptrl.config as schema
-from promptrl.cli import CONF_DIR
+from promptrl.cli import CONF_DIR, route_transformers_logs
 from promptrl.preflight import preflight
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,3 +108,38 @@ def test_the_reference_config_shows_the_schema_not_a_resolved_environment():
     text = (REPO / "docs" / "config" / "train.yaml").read_text(encoding="utf-8")
     assert "data_dir: '${oc.env:PROMPTRL_DATA,null}'" in text
     assert OmegaConf.create(text.replace("${", "$ {")).algo.name == "appo"  # it is valid YAML
+
+
+def test_library_chatter_goes_to_the_log_file_only(tmp_path, monkeypatch):
+    with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="test"):
+        hydra_cfg = compose("train", return_hydra_config=True, overrides=[f"hydra.runtime.output_dir={tmp_path}"]).hydra
+    assert hydra_cfg.job.name == "train"
+    logging_cfg = OmegaConf.to_container(hydra_cfg.job_logging, resolve=False)
+    logging_cfg["handlers"]["file"]["filename"] = str(tmp_path / "train.log")
+    console = io.StringIO()
+    logging_cfg["handlers"]["console"]["stream"] = console
+    saved = logging.root.handlers[:], logging.root.level
+    try:
+        logging.config.dictConfig(logging_cfg)
+        route_transformers_logs()
+        logging.captureWarnings(True)
+        logging.getLogger("promptrl.train").info("best prompt chosen")
+        logging.getLogger("transformers.modeling_utils").warning("some weights were not used")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("old_argument is deprecated", DeprecationWarning, stacklevel=1)
+    finally:
+        logging.captureWarnings(False)
+        for h in logging.root.handlers + logging.getLogger("promptrl").handlers:
+            h.close()
+        logging.root.handlers, logging.getLogger("promptrl").handlers = saved[0], []
+        logging.root.setLevel(saved[1])
+        logging.getLogger("promptrl").propagate = True
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.enable_default_handler()
+        hf_logging.disable_propagation()
+    assert console.getvalue().rstrip().endswith("] best prompt chosen")
+    assert "weights" not in console.getvalue() and "deprecated" not in console.getvalue()
+    log = (tmp_path / "train.log").read_text()
+    assert "some weights were not used" in log and "old_argument is deprecated" in log and "best prompt chosen" in log
