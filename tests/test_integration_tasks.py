@@ -1,22 +1,19 @@
 """Instruction induction, BIG-Bench II and TTE end to end on the embedded model (small budgets)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import TINY, run_cli
+
 pytestmark = pytest.mark.slow
 
-TINY = ["algo.epochs=1", "algo.batch_size=4", "algo.prompts_per_step=2", "algo.anchor_eval_prompts=2",
-        "algo.ppo_epochs=1", "algo.queue_size=2", "agent.max_new_tokens=8", "task.max_test_examples=8",
-        "checkpoint_every=1", "logger.progress=false"]
+# The shared tiny schedule with a smaller batch and queue: these tasks' train splits are small.
+TASK_TINY = [*TINY, "algo.batch_size=4", "algo.queue_size=2", "task.max_test_examples=8"]
 
 
 def cli(shared_data, *args):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    r = subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True, env=env, timeout=900)
+    r = run_cli(*args, data=shared_data)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 
@@ -33,7 +30,7 @@ def test_eval_of_the_ape_annotation_writes_a_task_score(task, tmp_path, shared_d
 
 @pytest.mark.parametrize("task, budget", [("ii_antonyms", 8), ("bbii_navigate", 8)])
 def test_train_on_induction_tasks_evaluates_on_held_out_data(task, budget, tmp_path, shared_data):
-    cli(shared_data, "train", f"task={task}", *TINY, f"budget.target_calls={budget}", f"hydra.run.dir={tmp_path}")
+    cli(shared_data, "train", f"task={task}", *TASK_TINY, f"budget.target_calls={budget}", f"hydra.run.dir={tmp_path}")
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["task"] == task and res["steps"] == 1 and res["n_test"] == 8
     assert res["queue"] and 0.0 <= res["test_accuracy"] <= 1.0 and res["paper_test_accuracy"] >= res["test_accuracy"]
@@ -41,7 +38,7 @@ def test_train_on_induction_tasks_evaluates_on_held_out_data(task, budget, tmp_p
 
 
 def test_tte_trains_and_writes_one_prompt_per_test_input(tmp_path, shared_data):
-    cli(shared_data, "train", "algo=tte", "task=sst2", *TINY, "algo.batch_size=1", "budget.target_calls=4",
+    cli(shared_data, "train", "algo=tte", "task=sst2", *TASK_TINY, "algo.batch_size=1", "budget.target_calls=4",
         f"hydra.run.dir={tmp_path}")
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["algo"] == "tte" and res["steps"] == 2 and res["protocol"] == "one prompt per input"

@@ -1,28 +1,23 @@
 """`promptrl train` end to end on the embedded model, with a schedule small enough for CI."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import TINY, run_cli
+
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=cpu_demo", "algo.epochs=1", "algo.batch_size=8", "algo.update_term=1", "algo.prompts_per_step=2",
-        "algo.anchor_eval_prompts=2", "algo.ppo_epochs=1", "agent.max_new_tokens=8", "task.max_test_examples=16",
-        "checkpoint_every=1", "logger.progress=false"]
+SMALL_DEMO = ["experiment=cpu_demo", *TINY]
 
 
 def train(shared_data, *args):
-    env = {**os.environ, "PROMPTRL_DATA": str(shared_data)}
-    return subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *args], capture_output=True, text=True,
-                          env=env, timeout=900)
+    return run_cli("train", *args, data=shared_data)
 
 
 def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_data):
     run = tmp_path / "run"
-    r = train(shared_data, *TINY, f"hydra.run.dir={run}")
+    r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((run / "results.json").read_text())
     for key in ("task", "target", "algo", "seed", "best_prompt", "dev_accuracy", "test_accuracy", "paper_test_accuracy",

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import run_cli
+
 pytestmark = pytest.mark.slow
 
 # Loaded by Python at start-up from PYTHONPATH: refuses and records any connection or name lookup
@@ -47,12 +49,9 @@ def guarded_run(tmp_path, args, data):
     guard_dir.mkdir()
     (guard_dir / "sitecustomize.py").write_text(GUARD)
     log = tmp_path / "sockets.log"
-    env = {**os.environ, **SECRETS, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+    env = {**SECRETS, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PROMPTRL_DATA": data,
            "PROMPTRL_SOCKET_LOG": str(log), "PYTHONPATH": os.pathsep.join([str(guard_dir), os.environ.get("PYTHONPATH", "")])}
-    env.pop("PROMPTRL_DATA", None)
-    if data is not None:
-        env["PROMPTRL_DATA"] = str(data)
-    r = subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True, env=env, timeout=900)
+    r = run_cli(*args, env=env)
     return r, (log.read_text().splitlines() if log.exists() else [])
 
 

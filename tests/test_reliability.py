@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
+from test_baselines import QualityScorer, ScriptedAgent
 
 import promptrl.checkpoint as checkpoint
 from promptrl.algos.ape import APE
@@ -16,7 +17,6 @@ from promptrl.config import APEConfig, OPROConfig
 from promptrl.tracking import Tracker
 
 from test_agent_trainer import make_trainer, toy_task
-from test_baselines import QualityScorer, ScriptedAgent
 
 
 def test_disk_full_on_checkpoint_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):

@@ -4,8 +4,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -17,12 +15,11 @@ from promptrl.cli import CONF_DIR
 from promptrl.config import register_configs
 from promptrl.tracking import wandb_identity
 
+from conftest import run_cli
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def promptrl(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=900)
 
 
 def assert_valid_png(path):
@@ -48,7 +45,7 @@ def test_report_of_eval_runs_groups_by_task_and_draws_nothing(tmp_path):
         d.mkdir()
         OmegaConf.save(OmegaConf.create({"seed": 0, "task": {"name": task, "metric": "em"}}), d / "config_resolved.yaml")
         (d / "results.json").write_text(json.dumps({"algo": "eval", "test_accuracy": acc, "manual_test_accuracy": acc}))
-    r = promptrl("report", str(tmp_path), "--by", "task.name,task.metric")
+    r = run_cli("report", str(tmp_path), "--by", "task.name,task.metric")
     assert r.returncode == 0, r.stderr
     rows = {row["task.name"]: row for row in csv.DictReader((tmp_path / "report" / "report.csv").open())}
     assert float(rows["ii_diff"]["test_accuracy_mean"]) == 0.5 and rows["ii_sum"]["task.metric"] == "em"
@@ -64,7 +61,7 @@ def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     (sweep / "3").mkdir()
     OmegaConf.save(OmegaConf.create({"seed": 1, "task": {"name": "sst2"}, "algo": {"name": "ape"}}), sweep / "3" / "config_resolved.yaml")
     (sweep / "3" / "failed.json").write_text(json.dumps({"error": "boom"}))
-    r = promptrl("report", str(sweep))
+    r = run_cli("report", str(sweep))
     assert r.returncode == 0, r.stderr
     rows = {row["algo.name"]: row for row in csv.DictReader((sweep / "report" / "report.csv").open())}
     assert float(rows["appo"]["test_accuracy_mean"]) == pytest.approx(0.75)
@@ -73,15 +70,15 @@ def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     assert "0.750 ± 0.071" in (sweep / "report" / "report.md").read_text()
     for name in ("reward.png", "best_reward_vs_calls.png", "dev_accuracy.png"):
         assert_valid_png(sweep / "report" / name)
-    by_seed = promptrl("report", str(sweep), "--by", "seed", "--no-plots", "--out", str(tmp_path / "by-seed"))
+    by_seed = run_cli("report", str(sweep), "--by", "seed", "--no-plots", "--out", str(tmp_path / "by-seed"))
     assert by_seed.returncode == 0 and "seed" in (tmp_path / "by-seed" / "report.md").read_text()
 
 
 def test_report_bad_arguments_are_one_line(tmp_path):
-    r = promptrl("report", str(tmp_path / "nothing-here"))
+    r = run_cli("report", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and r.stderr.strip().startswith("promptrl: error: report:") and "matches no file" in r.stderr
     (tmp_path / "empty").mkdir()
-    r = promptrl("report", str(tmp_path / "empty"))
+    r = run_cli("report", str(tmp_path / "empty"))
     assert r.returncode == 2 and "no runs (results.json or failed.json)" in r.stderr
 
 
@@ -90,7 +87,7 @@ def test_multirun_then_report_on_the_embedded_model(tmp_path, shared_data):
     """2 algos x 2 seeds with a tiny budget, one extra job that fails; the sweep finishes the
     others, exits non-zero naming the failure, and the report's numbers are the runs' numbers."""
     sweep = tmp_path / "sweep"
-    r = promptrl("train", "-m", "experiment=compare_sst2", "algo=manual,ape", "seed=0,1", "budget.target_calls=16",
+    r = run_cli("train", "-m", "experiment=compare_sst2", "algo=manual,ape", "seed=0,1", "budget.target_calls=16",
                  "algo.queue_size=2", "agent.max_new_tokens=8", "task.max_test_examples=16",
                  f"hydra.sweep.dir={sweep}", env={"PROMPTRL_DATA": str(shared_data), "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -98,13 +95,13 @@ def test_multirun_then_report_on_the_embedded_model(tmp_path, shared_data):
     assert sorted((x["algo"], x["seed"]) for x in results) == [("ape", 0), ("ape", 1), ("manual", 0), ("manual", 1)]
     assert all(x["target_calls"] <= 16 + 4 * 16 for x in results)  # budget + at most one step
 
-    failing = promptrl("train", "-m", "experiment=compare_sst2", "algo=manual", "seed=0", "task.data_dir=/no/such/dir,"
+    failing = run_cli("train", "-m", "experiment=compare_sst2", "algo=manual", "seed=0", "task.data_dir=/no/such/dir,"
                        + str(shared_data), "task.max_test_examples=8", f"hydra.sweep.dir={tmp_path / 'failing'}",
                        env={"HF_HUB_OFFLINE": "1"})
     assert failing.returncode == 1 and "1 sweep job(s) failed" in failing.stderr and "/no/such/dir" in failing.stderr
     assert (tmp_path / "failing" / "0" / "failed.json").exists() and (tmp_path / "failing" / "1" / "results.json").exists()
 
-    rep = promptrl("report", str(sweep))
+    rep = run_cli("report", str(sweep))
     assert rep.returncode == 0, rep.stderr
     assert "sst2" in rep.stdout and "ape" in rep.stdout and "manual" in rep.stdout
     rows = {row["algo.name"]: row for row in csv.DictReader((sweep / "report" / "report.csv").open())}

@@ -5,6 +5,8 @@ import math
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from test_baselines import QualityScorer, ScriptedAgent, cfg
+from test_scoring import cached_scorer, make_task
 
 from promptrl.agent import POLICY, Agent
 from promptrl.algos.ape import APE
@@ -18,8 +20,6 @@ from promptrl.tasks import Example, Task
 
 from conftest import make_model, make_tokenizer
 from test_agent_trainer import StubScorer, algo_cfg, make_agent, toy_task
-from test_baselines import QualityScorer, ScriptedAgent, cfg
-from test_scoring import cached_scorer, make_task
 
 
 def test_cache_serves_an_example_list_that_holds_the_same_input_twice(tmp_path):

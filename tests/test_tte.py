@@ -6,10 +6,10 @@ import json
 import torch
 from omegaconf import OmegaConf
 
-from promptrl.agent import ANCHOR, POLICY
+from promptrl.agent import ANCHOR
 from promptrl.algos.tte import TTETrainer
 from promptrl.config import TTEConfig
-from promptrl.scoring import ClassificationScores, Scorer
+from promptrl.scoring import Scorer
 
 from test_agent_trainer import lora_snapshot, make_agent, perturb_policy, toy_task
 

