@@ -14,6 +14,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from promptrl.prompts import (APE_RESAMPLE_PREFIX, APE_RESAMPLE_TEMPLATE, FORWARD_META_PROMPT, FORWARD_PREFIX,
+                              OPRO_END, OPRO_PREFIX, TTE_CURRENT_INPUT, TTE_META_PROMPT, TTE_PREFIX)
+
 
 @dataclass
 class TaskConfig:
@@ -145,13 +148,6 @@ class LoggerConfig:
     progress: bool = True
 
 
-FORWARD_META_PROMPT = (
-    "I gave a friend an instruction and five inputs.\n"
-    "The friend read the instruction and wrote an output for every one of the inputs.\n"
-    "Here are the input-output pairs:\n"
-)
-
-
 @dataclass
 class AlgoBase:
     """Fields every optimiser has: how candidates are ranked (StablePrompt's reward) and how
@@ -181,7 +177,7 @@ class APPOConfig(AlgoBase):
     batch_size: int = 16
     prompts_per_step: int = 4
     num_demos: int = 5
-    instruction_prefix: str = "The instruction was :"
+    instruction_prefix: str = FORWARD_PREFIX
     meta_prompt: str = FORWARD_META_PROMPT
     update_term: int = 5
     update_threshold: float = 0.05
@@ -203,13 +199,6 @@ class APPOConfig(AlgoBase):
     max_grad_norm: Optional[float] = None
 
 
-TTE_META_PROMPT = (
-    "Look at the instruction and current input,\n"
-    "rewrite instruction for current input.\n"
-    "Here are the input-output pairs:\n"
-)
-
-
 @dataclass
 class TTEConfig(APPOConfig):
     """TTE-StablePrompt: APPO where the agent writes one instruction per input (REFERENCE §5)."""
@@ -217,8 +206,8 @@ class TTEConfig(APPOConfig):
     _target_: str = "promptrl.algos.tte.TTETrainer"
     name: str = "tte"
     meta_prompt: str = TTE_META_PROMPT
-    instruction_prefix: str = "The Rewritten instruction was :"
-    current_input_label: str = "Current Input Here :"
+    instruction_prefix: str = TTE_PREFIX
+    current_input_label: str = TTE_CURRENT_INPUT
     batch_size: int = 1  # training inputs per step, each its own PPO update (the authors' loader)
     prompts_per_step: int = 2  # instructions sampled per input
     epochs: int = 30
@@ -233,7 +222,7 @@ class APEConfig(AlgoBase):
     num_candidates: Optional[int] = None
     prompts_per_step: int = 4  # proposals per demonstration draw (APE: prompts per subsample)
     num_demos: int = 5
-    instruction_prefix: str = "The instruction was :"
+    instruction_prefix: str = FORWARD_PREFIX
     meta_prompt: str = FORWARD_META_PROMPT
     # full: every candidate scored on the same `eval_examples` training examples as it is
     # proposed. ucb: APE's bandit evaluation after all proposals (APE paper, section 3.2).
@@ -246,11 +235,8 @@ class APEConfig(AlgoBase):
     # Iterative APE: paraphrase the top candidates this many rounds (0 = off).
     resample_rounds: int = 0
     resample_top: int = 4
-    resample_template: str = (
-        "Generate a variation of the following instruction while keeping the semantic meaning.\n\n"
-        "Input: {instruction}"
-    )
-    resample_prefix: str = "Output:"
+    resample_template: str = APE_RESAMPLE_TEMPLATE
+    resample_prefix: str = APE_RESAMPLE_PREFIX
 
 
 @dataclass
@@ -264,8 +250,8 @@ class OPROConfig(AlgoBase):
     max_history: int = 20  # best previous instructions shown, ascending by score
     eval_examples: Optional[int] = None  # null = the whole training split (OPRO's training-set accuracy)
     initial_prompts: list[str] = field(default_factory=lambda: [""])
-    instruction_prefix: str = "<INS>"
-    instruction_end: str = "</INS>"
+    instruction_prefix: str = OPRO_PREFIX
+    instruction_end: str = OPRO_END
 
 
 @dataclass

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from promptrl.agent import Agent, format_demos, user_message
+from promptrl.agent import Agent
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
 from promptrl.evaluate import final_evaluation
 from promptrl.prompt_queue import PromptQueue
+from promptrl.prompts import format_demos, user_message
 from promptrl.scoring import Scorer
 from promptrl.tasks import Example, Task
 from promptrl.tracking import Tracker
