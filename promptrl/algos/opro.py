@@ -61,7 +61,7 @@ class OPRO(PromptOptimizer):
         new = [p for p in dict.fromkeys(proposals) if p not in seen]
         row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new)}
         if new:
-            rewards, parts = self.reward(new, self.eval_set)
+            rewards, parts = self.score_prompts(new, self.eval_set)
             for p, r, a in zip(new, rewards.tolist(), parts["acc"].tolist()):
                 if not math.isfinite(r):
                     continue  # never shown to the agent nor queued

@@ -3,6 +3,7 @@
 Every optimiser (APPO, PPO, APE, OPRO) sees the target only through `Scorer.score`, which takes
 P prompts and N examples and answers in one batched call. That single hot path is where speed
 work goes, and it is what makes budgets comparable: `calls` counts prompt x example scorings.
+Every optimiser ranks prompts by the same `reward` of those scores.
 Classification tasks are scored from label-word log-probs; generation tasks by greedy decoding
 of all P x N texts in one batched `generate` and the task's answer metric.
 """
@@ -53,10 +54,6 @@ class ClassificationScores:
         wrong = p.scatter(-1, self.labels.view(1, -1, 1).expand(p.shape[0], -1, 1), float("-inf"))
         return (gold - wrong.max(-1).values).mean(-1)
 
-    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
-        """[P] StablePrompt's reward, c_a * accuracy + c_s * margin (REFERENCE §3.3)."""
-        return acc_coef * self.accuracy + margin_coef * self.margin
-
 
 @dataclass
 class GenerationScores:
@@ -80,9 +77,18 @@ class GenerationScores:
         """[P] zeros: a written answer has no margin over the other classes."""
         return torch.zeros(self.values.shape[0])
 
-    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
-        """[P] the mean reward metric, used directly ("we use the F1 score directly", §3.3)."""
-        return self.values[..., 1].mean(-1)
+
+def reward(scores: ClassificationScores | GenerationScores, acc_coef: float, margin_coef: float) -> torch.Tensor:
+    """[P] StablePrompt's reward, the one every optimiser ranks prompts by (REFERENCE §3.3).
+
+    Classification: c_a * accuracy + c_s * margin, batch means; the margin (softmax over the
+    label words, not the authors' full-vocabulary bug) mostly breaks ties between prompts of
+    equal accuracy. Generation: the mean reward metric (F1) as it is, "we use the F1 score
+    directly as the reward", so the coefficients do not apply.
+    """
+    if isinstance(scores, GenerationScores):
+        return scores.values[..., 1].mean(-1)
+    return acc_coef * scores.accuracy + margin_coef * scores.margin
 
 
 class Scorer:
