@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from promptrl.errors import UserError
-from promptrl.scoring import ClassificationScores, reward
-from promptrl.scoring.hf import HFScorer, common_prefix_length, fit_context, label_token_ids
+from promptrl.scoring import ClassificationScores, fit_context, label_token_ids, reward
+from promptrl.scoring.hf import HFScorer, common_prefix_length
 from promptrl.tasks import Example, Task
 
 from conftest import make_model, make_tokenizer
