@@ -2,7 +2,8 @@
 
 `policy` is trained; `anchor` is APPO's KL reference. Both live on the same frozen base, so the
 anchor costs a few MB, and "anchor <- policy" or "policy <- anchor" is a real copy of weights
-(the authors' code aliased Python objects instead, REFERENCE §4.2).
+(the authors' code aliased Python objects instead, REFERENCE §4.2). What the agent is asked is
+written in promptrl/prompts.py; this module is the policy that answers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from promptrl.errors import UserError
 from promptrl.models import output_logits
-from promptrl.tasks import Example, Task
+from promptrl.prompts import build_query_text
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +34,6 @@ class Samples:
     responses: torch.Tensor  # [B, T] sampled ids, padded after the first EOS
     mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
     prompts: list[str]  # decoded instructions
-
-
-def user_message(meta_prompt: str, demos: str) -> str:
-    return f"{meta_prompt.rstrip()}\n\n{demos.rstrip()}"
-
-
-def build_query_text(tokenizer, user: str, prefix: str, no_chat_template: str) -> str:
-    """`user` (e.g. meta-prompt + demonstrations) as the user turn, and an *open* assistant turn
-    that already holds `prefix`, so the agent continues it (REFERENCE §2.3, intended form)."""
-    if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}, {"role": "assistant", "content": prefix}],
-            tokenize=False, continue_final_message=True,
-        )
-    if no_chat_template == "plain":
-        return f"{user}\n\n{prefix}"
-    raise UserError(
-        "the agent's tokenizer has no chat template; use an instruct model, or set "
-        "agent.no_chat_template=plain to send the meta-prompt as plain text"
-    )
-
-
-def format_demos(task: Task, examples: list[Example]) -> str:
-    return "".join(f"Input: {ex.text}\nOutput: {task.demo_output(ex)}\n\n" for ex in examples)
 
 
 def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -159,6 +136,7 @@ class Agent(nn.Module):
 
     # --- acting ----------------------------------------------------------------------------
     def query_ids(self, user: str, prefix: str) -> torch.Tensor:
+        """The query as the agent reads it: its chat template, or plain text (agent.no_chat_template)."""
         text = build_query_text(self.tokenizer, user, prefix, self.no_chat_template)
         return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -14,6 +14,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from promptrl.prompts import (APE_RESAMPLE_PREFIX, APE_RESAMPLE_TEMPLATE, FORWARD_META_PROMPT, FORWARD_PREFIX,
+                              OPRO_END, OPRO_PREFIX, TTE_CURRENT_INPUT, TTE_META_PROMPT, TTE_PREFIX)
+
 
 @dataclass
 class TaskConfig:
@@ -168,13 +171,6 @@ class LoggerConfig:
     progress: bool = True  # show the rich progress bar on the console
 
 
-FORWARD_META_PROMPT = (
-    "I gave a friend an instruction and five inputs.\n"
-    "The friend read the instruction and wrote an output for every one of the inputs.\n"
-    "Here are the input-output pairs:\n"
-)
-
-
 # RL algorithms train the agent at the agent's own rate (AgentConfig.rl_learning_rate); a config
 # built from the dataclass alone (no `agent` node, as in unit tests) falls back to the paper's 1e-5.
 AGENT_RL_LEARNING_RATE = "${oc.select:agent.rl_learning_rate,1e-5}"
@@ -213,7 +209,7 @@ class APPOConfig(AlgoBase):
     prompts_per_step: int = 4  # instructions sampled per step from one meta-prompt (>= 2: advantages need a spread)
     num_demos: int = 5  # input/output demonstrations drawn from train into each meta-prompt, >= 1
     # The assistant's answer starts with this text, and the agent continues it with an instruction.
-    instruction_prefix: str = "The instruction was :"
+    instruction_prefix: str = FORWARD_PREFIX
     # The meta-prompt shown to the agent above the demonstrations (REFERENCE §2.3).
     meta_prompt: str = FORWARD_META_PROMPT
     update_term: int = 5  # epochs between anchor checks on dev (>= 1)
@@ -240,13 +236,6 @@ class APPOConfig(AlgoBase):
     max_grad_norm: Optional[float] = None  # clip the gradient to this L2 norm; null = no clipping
 
 
-TTE_META_PROMPT = (
-    "Look at the instruction and current input,\n"
-    "rewrite instruction for current input.\n"
-    "Here are the input-output pairs:\n"
-)
-
-
 @dataclass
 class TTEConfig(APPOConfig):
     """TTE-StablePrompt: APPO where the agent writes one instruction per input (REFERENCE §5)."""
@@ -254,8 +243,8 @@ class TTEConfig(APPOConfig):
     _target_: str = "promptrl.algos.tte.TTETrainer"
     name: str = "tte"
     meta_prompt: str = TTE_META_PROMPT  # the TTE meta-prompt (REFERENCE §5)
-    instruction_prefix: str = "The Rewritten instruction was :"  # the start of the agent's answer
-    current_input_label: str = "Current Input Here :"  # introduces the input the instruction is rewritten for
+    instruction_prefix: str = TTE_PREFIX  # the start of the agent's answer
+    current_input_label: str = TTE_CURRENT_INPUT  # introduces the input the instruction is rewritten for
     batch_size: int = 1  # training inputs per step, each its own PPO update (the authors' loader)
     prompts_per_step: int = 2  # instructions sampled per input
     epochs: int = 30
@@ -270,7 +259,7 @@ class APEConfig(AlgoBase):
     num_candidates: Optional[int] = None
     prompts_per_step: int = 4  # proposals per demonstration draw (APE: prompts per subsample)
     num_demos: int = 5  # demonstrations per proposal query, >= 1
-    instruction_prefix: str = "The instruction was :"  # the start of the agent's answer (as APPO's)
+    instruction_prefix: str = FORWARD_PREFIX  # the start of the agent's answer (as APPO's)
     meta_prompt: str = FORWARD_META_PROMPT  # the forward-generation meta-prompt (as APPO's)
     # full: every candidate scored on the same `eval_examples` training examples as it is
     # proposed. ucb: APE's bandit evaluation after all proposals (APE paper, section 3.2).
@@ -284,11 +273,8 @@ class APEConfig(AlgoBase):
     resample_rounds: int = 0
     resample_top: int = 4  # candidates paraphrased per resampling round
     # The paraphrase request sent to the agent ({instruction} filled in).
-    resample_template: str = (
-        "Generate a variation of the following instruction while keeping the semantic meaning.\n\n"
-        "Input: {instruction}"
-    )
-    resample_prefix: str = "Output:"  # the start of the agent's paraphrase
+    resample_template: str = APE_RESAMPLE_TEMPLATE
+    resample_prefix: str = APE_RESAMPLE_PREFIX  # the start of the agent's paraphrase
 
 
 @dataclass
@@ -302,8 +288,8 @@ class OPROConfig(AlgoBase):
     max_history: int = 20  # best previous instructions shown, ascending by score
     eval_examples: Optional[int] = None  # null = the whole training split (OPRO's training-set accuracy)
     initial_prompts: list[str] = field(default_factory=lambda: [""])  # scored first, to seed the history
-    instruction_prefix: str = "<INS>"  # the start of the agent's answer; the instruction follows it
-    instruction_end: str = "</INS>"  # the instruction is cut at this tag
+    instruction_prefix: str = OPRO_PREFIX  # the start of the agent's answer; the instruction follows it
+    instruction_end: str = OPRO_END  # the instruction is cut at this tag
 
 
 @dataclass

@@ -38,8 +38,8 @@ from rich.table import Table
 
 from promptrl.config import register_configs
 from promptrl.models import load_model
-from promptrl.scoring import build_scorer
-from promptrl.scoring.hf import common_prefix_length, label_token_ids
+from promptrl.scoring import build_scorer, label_token_ids
+from promptrl.scoring.hf import common_prefix_length
 from promptrl.tasks import load_task
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,10 +7,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from promptrl.agent import ANCHOR, BASE, POLICY, Agent, build_query_text, response_mask, user_message
+from promptrl.agent import ANCHOR, BASE, POLICY, Agent, response_mask
 from promptrl.algos.appo import APPOTrainer, validate
 from promptrl.config import APPOConfig
 from promptrl.errors import UserError
+from promptrl.prompts import build_query_text, user_message
 from promptrl.scoring import ClassificationScores, Scorer
 from promptrl.scoring.hf import HFScorer
 from promptrl.tasks import Example, Task

@@ -11,9 +11,10 @@ from omegaconf import OmegaConf
 from promptrl.algos.ape import APE, prompts_per_round, stableprompt_candidates, ucb_pick
 from promptrl.algos.appo import APPOTrainer
 from promptrl.algos.manual import ManualPrompt
-from promptrl.algos.opro import OPRO, extract_instruction, meta_prompt
+from promptrl.algos.opro import OPRO
 from promptrl.config import APEConfig, APPOConfig, ManualConfig, OPROConfig
 from promptrl.errors import UserError
+from promptrl.prompts import extract_instruction, opro_meta_prompt
 from promptrl.scoring import ClassificationScores, Scorer
 from promptrl.tracking import Tracker
 
@@ -119,7 +120,7 @@ def test_ape_ucb_and_resampling_rounds():
 def test_opro_meta_prompt_lists_the_best_in_ascending_order():
     task = toy_task()
     history = [{"prompt": p, "score": s, "order": i} for i, (p, s) in enumerate([("p50", 50), ("p90", 90), ("p10", 10), ("p70", 70)])]
-    text = meta_prompt(history, task, task.train[:2], max_history=3)
+    text = opro_meta_prompt(history, task, task.train[:2], max_history=3)
     assert "p10" not in text  # only the 3 best are shown
     pos = [text.index(f"text:\np{s}\nscore:\n{s}") for s in (50, 70, 90)]
     assert pos == sorted(pos)  # ascending: the best last, next to the request

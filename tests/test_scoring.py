@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from promptrl.errors import UserError
-from promptrl.scoring import ClassificationScores
-from promptrl.scoring.hf import HFScorer, common_prefix_length, fit_context, label_token_ids
+from promptrl.scoring import ClassificationScores, fit_context, label_token_ids, reward
+from promptrl.scoring.hf import HFScorer, common_prefix_length
 from promptrl.tasks import Example, Task
 
 from conftest import make_model, make_tokenizer
@@ -104,6 +104,7 @@ def test_accuracy_and_margin_by_hand():
     m0 = ((0.7 - 0.2) + (0.6 - 0.3) + (0.4 - 0.5)) / 3
     m1 = ((0.2 - 0.5) + (0.4 - 0.3) + (0.8 - 0.1)) / 3
     torch.testing.assert_close(s.margin, torch.tensor([m0, m1]))
+    torch.testing.assert_close(reward(s, 10, 0.1), torch.tensor([10 * 2 / 3 + 0.1 * m0, 10 * 2 / 3 + 0.1 * m1]))
 
 
 def test_multi_token_label_word_is_rejected_with_its_pieces():

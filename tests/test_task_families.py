@@ -192,7 +192,7 @@ def make_generation_task(answers):
 
 
 def test_generation_scores_use_task_and_reward_metrics(tmp_path):
-    from promptrl.scoring import Scorer, attach_cache
+    from promptrl.scoring import Scorer, attach_cache, reward
 
     class Fixed(Scorer):
         def __init__(self, task):
@@ -208,7 +208,7 @@ def test_generation_scores_use_task_and_reward_metrics(tmp_path):
     attach_cache(scorer, tmp_path / "s.sqlite")
     s = scorer.score(["A", "B"], task.test)
     assert s.accuracy.tolist() == pytest.approx([1 / 3, 1 / 3])  # EM
-    assert s.reward(10, 0.1).tolist() == pytest.approx([(1 + 2 / 3) / 3, 1 / 3])  # mean F1, used directly
+    assert reward(s, 10, 0.1).tolist() == pytest.approx([(1 + 2 / 3) / 3, 1 / 3])  # mean F1, used directly
     assert s.margin.tolist() == [0.0, 0.0]
     n = len(scorer.seen)
     again = scorer.score(["A", "B"], task.test)

@@ -143,7 +143,7 @@ class APE(PromptOptimizer):
         return row
 
     def score_candidates(self, prompts: list[str], examples) -> dict:
-        rewards, parts = self.reward(prompts, examples)
+        rewards, parts = self.score_prompts(prompts, examples)
         for p, r in zip(prompts, rewards.tolist()):
             if math.isfinite(r):  # a NaN score leaves the candidate unscored rather than poisoning its mean
                 self.stats[p]["pulls"] = self.stats[p].get("pulls", 0) + 1

@@ -73,7 +73,7 @@ class APPOTrainer(PromptOptimizer):
         query = self.make_query() if query is None else query
         samples = self.agent.sample(query, self.cfg.prompts_per_step, POLICY)
         t1 = time.time()
-        rewards, parts = self.reward(samples.prompts, batch)
+        rewards, parts = self.score_prompts(samples.prompts, batch)
         t2 = time.time()
         row = {"prompts": samples.prompts, "reward_mean": rewards.mean(), "reward_max": rewards.max(),
                "acc_mean": parts["acc"].mean(), "acc_max": parts["acc"].max(), "margin_mean": parts["margin"].mean(),

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from promptrl.agent import Agent, format_demos, user_message
+from promptrl.agent import Agent
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
 from promptrl.evaluate import final_evaluation
 from promptrl.prompt_queue import PromptQueue
-from promptrl.scoring import Scorer
+from promptrl.prompts import format_demos, user_message
+from promptrl.scoring import Scorer, reward
 from promptrl.tasks import Example, Task
 from promptrl.tracking import Tracker
 
@@ -97,12 +98,12 @@ class PromptOptimizer:
         return f"reward {fmt('reward_mean')}/{fmt('reward_max')} best {self.best_reward():.3f}"
 
     # --- shared helpers ------------------------------------------------------------------------
-    def reward(self, prompts: list[str], examples: list[Example]) -> tuple[torch.Tensor, dict]:
-        """StablePrompt's reward, used by every optimiser to rank prompts: c_a*acc + c_s*margin on
-        classification tasks, the reward metric (F1) on generation tasks."""
+    def score_prompts(self, prompts: list[str], examples: list[Example]) -> tuple[torch.Tensor, dict]:
+        """[P] rewards (promptrl.scoring.reward) of the prompts on the examples, one target call,
+        and the accuracy and margin they were made of."""
         scores = self.scorer.score(prompts, examples)
-        reward = scores.reward(self.cfg.reward_acc_coef, self.cfg.reward_margin_coef)
-        return reward, {"acc": scores.accuracy, "margin": scores.margin}
+        rewards = reward(scores, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef)
+        return rewards, {"acc": scores.accuracy, "margin": scores.margin}
 
     def demo_query(self, meta_prompt: str, prefix: str) -> torch.Tensor:
         """The forward-generation query: meta-prompt + k demonstrations drawn from train (the

@@ -4,10 +4,7 @@ Each step the agent (untrained, adapters off) reads a meta-prompt holding the be
 scored so far, in ascending order of score, followed by a few task exemplars, and proposes
 `prompts_per_step` new instructions. Instructions already scored are never scored again. The
 score shown to the agent is training accuracy in 0-100 (as in the paper); the queue ranks by
-StablePrompt's reward like every other optimiser.
-
-The open assistant turn starts with `<INS>` and the text is cut at `</INS>`, so even a small
-agent that ignores the format produces a usable instruction.
+StablePrompt's reward like every other optimiser. The meta-prompt's text is in promptrl/prompts.py.
 """
 
 from __future__ import annotations
@@ -17,14 +14,7 @@ import math
 from promptrl.agent import BASE
 from promptrl.algos.base import PromptOptimizer
 from promptrl.errors import UserError
-from promptrl.tasks import Example, Task
-
-HEADER = ("Your task is to generate the instruction <INS>. Below are some previous instructions with their scores. "
-          "The score ranges from 0 to 100.\n")
-PROBLEMS = "Below are some problems.\n"
-FOOTER = ("Generate an instruction that is different from all the instructions <INS> above, and has a higher score "
-          "than all the instructions <INS> above. The instruction should begin with <INS> and end with </INS>. "
-          "The instruction should be concise, effective, and generally applicable to all problems above.")
+from promptrl.prompts import extract_instruction, opro_meta_prompt
 
 
 def validate(cfg) -> None:
@@ -39,25 +29,6 @@ def validate(cfg) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
-
-
-def meta_prompt(history: list[dict], task: Task, exemplars: list[Example], max_history: int) -> str:
-    """OPRO's meta-prompt: the `max_history` best instructions, worst first so the best sits
-    next to the request, then exemplars rendered with the task template and <INS> in place."""
-    best = sorted(history, key=lambda h: (h["score"], -h["order"]), reverse=True)[:max_history]
-    lines = [HEADER]
-    for h in sorted(best, key=lambda h: (h["score"], -h["order"])):
-        lines.append(f"text:\n{h['prompt']}\nscore:\n{h['score']}\n")
-    if exemplars:
-        lines.append(PROBLEMS)
-        for ex in exemplars:
-            lines.append(f"input:\n{task.render('<INS>', ex.text)}\noutput:\n{task.demo_output(ex)}\n")
-    lines.append(FOOTER)
-    return "\n".join(lines)
-
-
-def extract_instruction(text: str, end_tag: str) -> str:
-    return text.split(end_tag, 1)[0].replace("<INS>", "").strip()
 
 
 class OPRO(PromptOptimizer):
@@ -83,14 +54,14 @@ class OPRO(PromptOptimizer):
             proposals = [str(p) for p in self.cfg.initial_prompts]
         else:
             exemplars = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
-            text = meta_prompt(self.history, self.task, exemplars, self.cfg.max_history)
+            text = opro_meta_prompt(self.history, self.task, exemplars, self.cfg.max_history)
             samples = self.agent.sample(self.agent.query_ids(text, self.cfg.instruction_prefix), self.cfg.prompts_per_step, BASE)
             proposals = [extract_instruction(p, self.cfg.instruction_end) for p in samples.prompts]
         seen = self.scored()
         new = [p for p in dict.fromkeys(proposals) if p not in seen]
         row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new)}
         if new:
-            rewards, parts = self.reward(new, self.eval_set)
+            rewards, parts = self.score_prompts(new, self.eval_set)
             for p, r, a in zip(new, rewards.tolist(), parts["acc"].tolist()):
                 if not math.isfinite(r):
                     continue  # never shown to the agent nor queued

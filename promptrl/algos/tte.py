@@ -16,9 +16,10 @@ import logging
 
 import torch
 
-from promptrl.agent import ANCHOR, POLICY, format_demos, user_message
+from promptrl.agent import ANCHOR, POLICY
 from promptrl.algos.appo import APPOTrainer
 from promptrl.evaluate import evaluate_prompts
+from promptrl.prompts import format_demos, tte_message
 from promptrl.tasks import Example
 from promptrl.tracking import atomic_write_text
 
@@ -30,8 +31,7 @@ class TTETrainer(APPOTrainer):
         """Meta-prompt + k training demonstrations (never the example itself) + the current input."""
         pool = [e for e in self.task.train if e.id != example.id]
         demos = self.rng.sample(pool, min(self.cfg.num_demos, len(pool)))
-        user = user_message(self.cfg.meta_prompt, format_demos(self.task, demos))
-        return f"{user}\n\n{self.cfg.current_input_label} {example.text}"
+        return tte_message(self.cfg.meta_prompt, format_demos(self.task, demos), self.cfg.current_input_label, example.text)
 
     def tte_query(self, example: Example) -> torch.Tensor:
         return self.agent.query_ids(self.tte_message(example), self.cfg.instruction_prefix)

@@ -3,12 +3,14 @@
 Every optimiser (APPO, PPO, APE, OPRO) sees the target only through `Scorer.score`, which takes
 P prompts and N examples and answers in one batched call. That single hot path is where speed
 work goes, and it is what makes budgets comparable: `calls` counts prompt x example scorings.
+Every optimiser ranks prompts by the same `reward` of those scores.
 Classification tasks are scored from label-word log-probs; generation tasks by greedy decoding
 of all P x N texts in one batched `generate` and the task's answer metric.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from promptrl.errors import UserError
 from promptrl.scoring.cache import example_key
 from promptrl.tasks import Example, Task
 from promptrl.tasks.metrics import score_answer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,10 +57,6 @@ class ClassificationScores:
         wrong = p.scatter(-1, self.labels.view(1, -1, 1).expand(p.shape[0], -1, 1), float("-inf"))
         return (gold - wrong.max(-1).values).mean(-1)
 
-    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
-        """[P] StablePrompt's reward, c_a * accuracy + c_s * margin (REFERENCE §3.3)."""
-        return acc_coef * self.accuracy + margin_coef * self.margin
-
 
 @dataclass
 class GenerationScores:
@@ -80,18 +80,62 @@ class GenerationScores:
         """[P] zeros: a written answer has no margin over the other classes."""
         return torch.zeros(self.values.shape[0])
 
-    def reward(self, acc_coef: float, margin_coef: float) -> torch.Tensor:
-        """[P] the mean reward metric, used directly ("we use the F1 score directly", §3.3)."""
-        return self.values[..., 1].mean(-1)
+
+def reward(scores: ClassificationScores | GenerationScores, acc_coef: float, margin_coef: float) -> torch.Tensor:
+    """[P] StablePrompt's reward, the one every optimiser ranks prompts by (REFERENCE §3.3).
+
+    Classification: c_a * accuracy + c_s * margin, batch means; the margin (softmax over the
+    label words, not the authors' full-vocabulary bug) mostly breaks ties between prompts of
+    equal accuracy. Generation: the mean reward metric (F1) as it is, "we use the F1 score
+    directly as the reward", so the coefficients do not apply.
+    """
+    if isinstance(scores, GenerationScores):
+        return scores.values[..., 1].mean(-1)
+    return acc_coef * scores.accuracy + margin_coef * scores.margin
+
+
+def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
+    """The single vocabulary id of each label word, or a UserError saying how to fix the word."""
+    ids = []
+    for word in label_words:
+        pieces = tokenizer.tokenize(word)
+        if len(pieces) != 1:
+            stripped = word.strip()
+            variants = [v for v in dict.fromkeys([" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()])
+                        if len(tokenizer.tokenize(v)) == 1]
+            hint = f"one-token variants: {variants}" if variants else "choose a shorter or more common word"
+            raise UserError(
+                f"label word {word!r} is {len(pieces)} tokens {pieces} for target {model_name!r}; "
+                f"each label word must be one token ({hint})"
+            )
+        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
+    return ids
+
+
+def fit_context(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
+    """A text longer than the target's context keeps its last tokens: the start of an over-long
+    instruction is dropped, the input and the answer slot stay (and it is scored, not rejected,
+    so an agent that rambles simply earns what its truncated prompt earns)."""
+    if not limit or all(len(s) <= limit for s in seqs):
+        return seqs
+    n = sum(len(s) > limit for s in seqs)
+    log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
+                n, len(seqs), limit)
+    return [s[-limit:] for s in seqs]
 
 
 class Scorer:
-    """Base class: subclasses implement `_label_logprobs` for a flat list of rendered texts.
+    """Base class: subclasses implement `_label_logprobs` for a flat list of rendered texts (and
+    `generate` for generation tasks). A backend that tokenises here sets `tokenizer` and
+    `max_len` and starts from `encode`, so every backend scores the same ids.
 
     `calls` counts prompt x example scorings asked for (the budget's unit, cached or not);
     `tokens` the target tokens actually processed; `cache_hits`/`cache_misses` the scorings
     answered by the prompt-score cache or computed (both 0 without a cache).
     """
+
+    tokenizer = None  # the target's tokenizer
+    max_len: int | None = None  # the target's context in tokens; None: not known, nothing is cut
 
     def __init__(self, task: Task, name: str):
         self.task = task
@@ -109,72 +153,72 @@ class Scorer:
     def close(self) -> None:
         """Release what the backend holds beyond memory (engine processes, connections)."""
 
+    def encode(self, texts: list[str], room: int = 0) -> list[list[int]]:
+        """The target's token ids of each text, cut to leave `room` tokens of the context for what
+        the target writes (fit_context), and counted in `tokens`."""
+        seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        seqs = fit_context(seqs, self.max_len - room if self.max_len else None)
+        self.tokens += sum(len(s) for s in seqs)
+        return seqs
+
     def score(self, prompts: list[str], examples: list[Example]) -> ClassificationScores | GenerationScores:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
-        width = 2 if self.task.is_generation else len(self.task.label_words)
-        lp = torch.empty(len(prompts), len(examples), width)
-        keys = [example_key(ex.text, ex.answers) for ex in examples] if self.cache else []
-        todo = list(range(len(prompts)))  # prompts with nothing cached: scored together
-        partial = []  # (prompt index, cached scores) for prompts with some examples cached
-        if self.cache:
-            todo = []
-            distinct = len(set(keys))  # an example list may hold the same input twice
-            for i, p in enumerate(prompts):
-                got = self.cache.get(p, keys)
-                if len(got) == distinct:
-                    lp[i] = torch.stack([got[k] for k in keys])
-                elif got:
-                    partial.append((i, got))
-                else:
-                    todo.append(i)
-                self.cache_hits += sum(k in got for k in keys)
-        if todo:
-            lp[todo] = self._score_rows([prompts[i] for i in todo], examples).view(len(todo), len(examples), -1)
-        for i, got in partial:
-            missing = [j for j, k in enumerate(keys) if k not in got]
-            fresh = self._score_rows([prompts[i]], [examples[j] for j in missing])
-            for j, k in enumerate(keys):
-                lp[i, j] = got[k] if k in got else fresh[missing.index(j)]
-        if self.cache:
-            self.cache_misses += len(todo) * len(examples) + sum(sum(k not in got for k in keys) for _, got in partial)
-            for i in todo + [i for i, _ in partial]:
-                self.cache.put(prompts[i], keys, lp[i])
-        self.calls += len(prompts) * len(examples)
+        n = len(examples)
+        rows = self._cached(prompts, [examples] * len(prompts),
+                            lambda todo: self._score_rows([prompts[i] for i in todo], examples).view(len(todo), n, -1))
+        lp = torch.stack(rows)
         if self.task.is_generation:
             return GenerationScores(values=lp)
-        labels = torch.tensor([ex.label for ex in examples])
-        return ClassificationScores(label_logprobs=lp, labels=labels)
+        return ClassificationScores(label_logprobs=lp, labels=torch.tensor([ex.label for ex in examples]))
 
     def score_pairs(self, prompts: list[str], examples: list[Example]) -> ClassificationScores | GenerationScores:
         """Scores of prompt i on example i only (input-specific prompts, TTE), as one row:
         `accuracy` is then [1], the mean over the pairs. Cached and counted like `score`."""
         if len(prompts) != len(examples) or not prompts:
             raise ValueError("score_pairs() needs as many prompts as examples, at least one")
-        width = 2 if self.task.is_generation else len(self.task.label_words)
-        out = torch.empty(len(prompts), width)
-        todo = list(range(len(prompts)))
-        if self.cache:
-            keys = [example_key(ex.text, ex.answers) for ex in examples]
-            todo = []
-            for i, (p, k) in enumerate(zip(prompts, keys)):
-                got = self.cache.get(p, [k])
-                if got:
-                    out[i] = got[k]
-                    self.cache_hits += 1
-                else:
-                    todo.append(i)
-            self.cache_misses += len(todo)
-        if todo:
-            out[todo] = self._score_texts([self.task.render(prompts[i], examples[i].text) for i in todo],
-                                          [examples[i] for i in todo])
-            if self.cache:
-                for i in todo:
-                    self.cache.put(prompts[i], [keys[i]], out[i:i + 1])
-        self.calls += len(prompts)
+        rows = self._cached(prompts, [[ex] for ex in examples], lambda todo: self._score_texts(
+            [self.task.render(prompts[i], examples[i].text) for i in todo], [examples[i] for i in todo]).unsqueeze(1))
+        out = torch.cat(rows)
         if self.task.is_generation:
             return GenerationScores(values=out.unsqueeze(0))
         return ClassificationScores(label_logprobs=out.unsqueeze(0), labels=torch.tensor([ex.label for ex in examples]))
+
+    def _cached(self, prompts: list[str], examples: list[list[Example]], score_new) -> list[torch.Tensor]:
+        """Each prompt's scores on its own examples ([len(examples[i]), width] each), through the
+        prompt-score cache: what it holds is read, and only the rest reaches the target. Prompts
+        with nothing cached go to `score_new(indices)` together, so one batched call (and the HF
+        backend's shared-prefix pass) covers them; a prompt with part of its examples cached is
+        scored alone on the others. Everything computed is stored; every scoring asked for counts
+        in `calls`, cached or not."""
+        width = 2 if self.task.is_generation else len(self.task.label_words)
+        out = [torch.empty(len(exs), width) for exs in examples]
+        got: list[dict] = [{} for _ in prompts]
+        keys: list[list[str]] = []
+        if self.cache:
+            keys = [[example_key(ex.text, ex.answers) for ex in exs] for exs in examples]
+            got = [self.cache.get(p, ks) for p, ks in zip(prompts, keys)]
+            self.cache_hits += sum(k in g for ks, g in zip(keys, got) for k in ks)
+            self.cache_misses += sum(k not in g for ks, g in zip(keys, got) for k in ks)
+        todo = [i for i, g in enumerate(got) if not g]
+        partial = [i for i, g in enumerate(got) if g and not all(k in g for k in keys[i])]
+        for i, g in enumerate(got):
+            for j, k in enumerate(keys[i] if g else []):
+                if k in g:
+                    out[i][j] = g[k]
+        if todo:
+            for row, fresh in zip(todo, score_new(todo)):
+                out[row][:] = fresh
+        for i in partial:
+            missing = [j for j, k in enumerate(keys[i]) if k not in got[i]]  # a repeated input is scored each time
+            fresh = self._score_rows([prompts[i]], [examples[i][j] for j in missing])
+            for r, j in enumerate(missing):
+                out[i][j] = fresh[r]
+        if self.cache:
+            for i in todo + partial:
+                self.cache.put(prompts[i], keys[i], out[i])
+        self.calls += sum(len(exs) for exs in examples)
+        return out
 
     def _score_rows(self, prompts: list[str], examples: list[Example]) -> torch.Tensor:
         """[P * N, width] for every prompt x example, prompt-major."""

@@ -7,9 +7,8 @@ import logging
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
-from promptrl.errors import UserError
 from promptrl.models import load_model, output_logits
-from promptrl.scoring import Scorer, cut_at_stop, stopped_after_text
+from promptrl.scoring import Scorer, cut_at_stop, label_token_ids, stopped_after_text
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -17,36 +16,6 @@ log = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 4
 # A chunk's rows are at least 1/MAX_PAD_RATIO as long as its longest: bounded padding waste.
 MAX_PAD_RATIO = 1.25
-
-
-def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
-    """The single vocabulary id of each label word, or a UserError saying how to fix the word."""
-    ids = []
-    for word in label_words:
-        pieces = tokenizer.tokenize(word)
-        if len(pieces) != 1:
-            stripped = word.strip()
-            variants = [v for v in dict.fromkeys([" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()])
-                        if len(tokenizer.tokenize(v)) == 1]
-            hint = f"one-token variants: {variants}" if variants else "choose a shorter or more common word"
-            raise UserError(
-                f"label word {word!r} is {len(pieces)} tokens {pieces} for target {model_name!r}; "
-                f"each label word must be one token ({hint})"
-            )
-        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
-    return ids
-
-
-def fit_context(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
-    """A text longer than the target's context keeps its last tokens: the start of an over-long
-    instruction is dropped, the input and the answer slot stay (and it is scored, not rejected,
-    so an agent that rambles simply earns what its truncated prompt earns)."""
-    if not limit or all(len(s) <= limit for s in seqs):
-        return seqs
-    n = sum(len(s) > limit for s in seqs)
-    log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
-                n, len(seqs), limit)
-    return [s[-limit:] for s in seqs]
 
 
 class HFScorer(Scorer):
@@ -70,6 +39,7 @@ class HFScorer(Scorer):
         self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.max_len = getattr(model.config, "max_position_embeddings", None)
 
     def identity(self) -> dict:
         config = self.model.config
@@ -88,9 +58,7 @@ class HFScorer(Scorer):
 
     @torch.inference_mode()
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
-        seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        seqs = fit_context(seqs, getattr(self.model.config, "max_position_embeddings", None))
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts)  # the answer is read at the last position, not written: no room kept
         size = group_size if (self.prefix_reuse and group_size) else len(seqs)
         group_of = [i // size for i in range(len(seqs))]
         plens = []
@@ -109,9 +77,7 @@ class HFScorer(Scorer):
     def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
         """Greedy decoding, left-padded batches of similar length with an attention mask; only
         the new tokens are decoded (REFERENCE §3.1's fixes of the authors' generation)."""
-        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"],
-                           getattr(self.model.config, "max_position_embeddings", max_new_tokens + 1) - max_new_tokens)
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts, room=max_new_tokens)
         out = [""] * len(seqs)
         for chunk in self._chunks([len(s) for s in seqs], max_new_tokens):
             width = max(len(seqs[i]) for i in chunk)

@@ -24,8 +24,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer
-from promptrl.scoring import Scorer, cut_at_stop
-from promptrl.scoring.hf import fit_context, label_token_ids
+from promptrl.scoring import Scorer, cut_at_stop, label_token_ids
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -116,18 +115,14 @@ class ServerScorer(Scorer):
         return out
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
-        limit = self.max_len - 1 if self.max_len else None  # room for the one generated token
-        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], limit)
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts, room=1)  # the one generated token
         # Consecutive texts share a prompt, so a batch shares a prefix the server can cache.
         batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
         with ThreadPoolExecutor(self.concurrency) as pool:
             return torch.cat(list(pool.map(self._score_batch, batches)))
 
     def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
-        limit = self.max_len - max_new_tokens if self.max_len else None
-        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], limit)
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts, room=max_new_tokens)
 
         def request(batch: list[list[int]]) -> list[str]:
             # No server-side stop: a server stops on a newline before any text too (an answer

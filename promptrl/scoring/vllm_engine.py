@@ -16,8 +16,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer, model_path, resolve_device, resolve_dtype
-from promptrl.scoring import Scorer, cut_at_stop
-from promptrl.scoring.hf import fit_context, label_token_ids
+from promptrl.scoring import Scorer, cut_at_stop, label_token_ids
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -84,8 +83,7 @@ class VLLMScorer(Scorer):
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         from vllm import SamplingParams
 
-        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], self.max_len - 1)
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts, room=1)  # the one generated token
         params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.label_ids)
         outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
         out = torch.empty(len(seqs), len(self.label_ids))
@@ -100,8 +98,7 @@ class VLLMScorer(Scorer):
         where they stopped until a stop string follows text or max_new_tokens are spent."""
         from vllm import SamplingParams
 
-        seqs = fit_context(self.tokenizer(texts, add_special_tokens=True)["input_ids"], self.max_len - max_new_tokens)
-        self.tokens += sum(len(s) for s in seqs)
+        seqs = self.encode(texts, room=max_new_tokens)
         done = [""] * len(seqs)
         emitted = [[] for _ in seqs]  # token ids generated so far per row
         todo = list(range(len(seqs)))
