@@ -14,8 +14,17 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from promptrl.prompts import (APE_RESAMPLE_PREFIX, APE_RESAMPLE_TEMPLATE, FORWARD_META_PROMPT, FORWARD_PREFIX,
-                              OPRO_END, OPRO_PREFIX, TTE_CURRENT_INPUT, TTE_META_PROMPT, TTE_PREFIX)
+from promptrl.prompts import (
+    APE_RESAMPLE_PREFIX,
+    APE_RESAMPLE_TEMPLATE,
+    FORWARD_META_PROMPT,
+    FORWARD_PREFIX,
+    OPRO_END,
+    OPRO_PREFIX,
+    TTE_CURRENT_INPUT,
+    TTE_META_PROMPT,
+    TTE_PREFIX,
+)
 
 
 @dataclass

@@ -191,7 +191,7 @@ def appo_step(threads: int, agent_dtype: str) -> list[dict]:
         batches = trainer.epoch_batches(0)
         batch = batches[step % len(batches)]
         query = trainer.make_query()
-        total, row = timed(lambda: trainer.ppo_step(batch, query))
+        total, row = timed(lambda batch=batch, query=query: trainer.ppo_step(batch, query))
         floor = appo_floors(agent, scorer, task, query, sampled[-1], batch, cfg.algo.ppo_epochs)
         rows.append({"agent": agent_dtype, "step": step, "total": total, "generate": row["time_generate"],
                      "score": row["time_score"], "update": row["time_update"], "tokens": float(row["response_len"]),
