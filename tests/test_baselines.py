@@ -206,3 +206,16 @@ def test_opro_resume_continues_the_same_history(tmp_path):
     resumed.run()
     assert [h["prompt"] for h in resumed.history] == [h["prompt"] for h in full.history]
     assert resumed.queue.items == full.queue.items and resumed.scorer.calls == full.scorer.calls
+
+
+def test_ape_ucb_bonus_is_scaled_to_the_tasks_reward_range():
+    from promptrl.scoring import reward_range
+    from promptrl.tasks import Example, Task
+
+    ex = [Example(id="t/0", text="w", answers=["a"])]
+    gen = Task(name="gen", kind="generation", template="{prompt} {input}", label_words=[], metric="em",
+               manual_prompt="", train=ex, dev=ex, test=ex, reward_metric="f1")
+    assert reward_range(gen, 10.0, 0.1) == 1.0  # F1 in [0, 1]: the coefficients do not apply
+    cls = Task(name="cls", kind="classification", template="{prompt} {input}", label_words=[" a", " b"],
+               metric="accuracy", manual_prompt="", train=ex, dev=ex, test=ex)
+    assert reward_range(cls, 10.0, -0.1) == pytest.approx(10.1)

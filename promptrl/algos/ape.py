@@ -24,6 +24,7 @@ from promptrl.agent import BASE
 from promptrl.algos.base import PromptOptimizer
 from promptrl.config import APPOConfig
 from promptrl.errors import UserError
+from promptrl.scoring import reward_range
 
 EVALUATIONS = ("full", "ucb")
 
@@ -118,7 +119,8 @@ class APE(PromptOptimizer):
             self.proposed += n
             row = self.add_candidates(prompts, score=self.cfg.evaluation == "full")
         elif phase == "ucb":
-            scale = abs(self.cfg.reward_acc_coef) + abs(self.cfg.reward_margin_coef)
+            # UCB's bonus assumes rewards in [0, 1]; generation rewards already are
+            scale = reward_range(self.task, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef)
             picked = ucb_pick(self.stats, prompts_per_round(self.cfg.ucb_prompts_per_round, len(self.stats)),
                               self.cfg.ucb_exploration, self.rng, scale)
             examples = self.rng.sample(self.task.train, min(self.cfg.ucb_examples_per_round, len(self.task.train)))

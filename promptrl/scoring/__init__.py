@@ -94,6 +94,12 @@ def reward(scores: ClassificationScores | GenerationScores, acc_coef: float, mar
     return acc_coef * scores.accuracy + margin_coef * scores.margin
 
 
+def reward_range(task: Task, acc_coef: float, margin_coef: float) -> float:
+    """The width of the interval `reward` lives in: |c_a| + |c_s| for classification (accuracy
+    in [0, 1], margin in [-1, 1] mostly near 0), 1 for generation (a metric in [0, 1])."""
+    return 1.0 if task.is_generation else abs(acc_coef) + abs(margin_coef)
+
+
 def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
     """The single vocabulary id of each label word, or a UserError saying how to fix the word."""
     ids = []
