@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -34,6 +35,9 @@ class Samples:
     responses: torch.Tensor  # [B, T] sampled ids, padded after the first EOS
     mask: torch.Tensor  # [B, T] 1 up to and including the first EOS
     prompts: list[str]  # decoded instructions
+    # [B, T] each token's log-prob under the sampler, when it is not the training model
+    # (agent.backend=vllm), to log how far the two are apart; None for HF sampling.
+    logprobs: torch.Tensor | None = None
 
 
 def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
@@ -73,6 +77,11 @@ class Agent(nn.Module):
         end_of_turn = [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
         self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, *end_of_turn} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.rollouts = None  # a promptrl.rollouts.VLLMRollouts when agent.backend=vllm, else HF generate
+
+    def close(self) -> None:
+        if self.rollouts is not None:
+            self.rollouts.close()
 
     # --- adapters -------------------------------------------------------------------------
     def lora_params(self, adapter: str) -> dict[str, nn.Parameter]:
@@ -81,6 +90,17 @@ class Agent(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return list(self.lora_params(POLICY).values()) + list(self.value_heads[POLICY].parameters())
+
+    def adapter_versions(self, adapter: str) -> tuple[int, ...]:
+        """The version counters of the adapter's tensors (and its value head's): any in-place
+        write (an optimizer step, `copy`, a checkpoint load) changes them, so a sampler that
+        holds a copy of the adapter can tell when it is stale."""
+        return tuple(p._version for p in self.lora_params(adapter).values())
+
+    def save_adapter(self, adapter: str, directory: Path) -> Path:
+        """The adapter as a peft directory (adapter_config.json + safetensors) that vLLM loads."""
+        self.model.save_pretrained(directory, selected_adapters=[adapter])
+        return directory / adapter  # peft writes a non-default adapter into a subdirectory of its name
 
     @torch.no_grad()
     def copy(self, src: str, dst: str) -> None:
@@ -143,6 +163,11 @@ class Agent(nn.Module):
     @torch.no_grad()
     def sample(self, query: torch.Tensor, n: int, adapter: str = POLICY) -> Samples:
         """n instructions by ancestral sampling at temperature 1 (top-k and top-p off)."""
+        if self.rollouts is not None:
+            rows = self.rollouts.sample([query.tolist()], n, adapter, self.max_new_tokens, self.eos_ids)[0]
+            responses, mask, logprobs = self.pack(rows)
+            prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
+            return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts, logprobs=logprobs)
         device = self.device
         inputs = query.to(device).unsqueeze(0).expand(n, -1)
         was_training = self.model.training
@@ -171,6 +196,10 @@ class Agent(nn.Module):
     def sample_each(self, queries: list[torch.Tensor], adapter: str = POLICY, batch_size: int = 16) -> list[str]:
         """One instruction per query (input-specific prompts, TTE), sampled as in `sample`;
         queries are left-padded into batches so different lengths share a forward pass."""
+        if self.rollouts is not None:
+            rows = self.rollouts.sample([q.tolist() for q in queries], 1, adapter, self.max_new_tokens, self.eos_ids)
+            packed = [self.pack(r) for r in rows]
+            return [self.decode(responses[0], mask[0]) for responses, mask, _ in packed]
         prompts = []
         was_training = self.model.training
         self.model.eval()
@@ -193,6 +222,22 @@ class Agent(nn.Module):
             prompts += [self.decode(r, m) for r, m in zip(responses, mask)]
         self.model.train(was_training)
         return prompts
+
+    def pack(self, rows: list[tuple[list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sampled (ids, log-probs) rows as `Samples` holds them: [B, T] ids padded after the
+        first end token, its mask, and the log-probs (0 on padding)."""
+        width = max(1, max(len(ids) for ids, _ in rows))
+        responses = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        logprobs = torch.zeros((len(rows), width))
+        for i, (ids, lps) in enumerate(rows):
+            responses[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            logprobs[i, :len(lps)] = torch.tensor(lps)
+        if not any(ids for ids, _ in rows):  # max_tokens >= 1 makes this impossible; keep shapes sane
+            responses[:, 0] = self.eos_ids[0]
+        # A row shorter than the longest stopped at an end token (only max_tokens stops without
+        # one, and then it is the longest), so the mask ends where HF's would.
+        mask = response_mask(responses, self.eos_ids)
+        return responses, mask, logprobs * mask
 
     def decode(self, response: torch.Tensor, mask: torch.Tensor) -> str:
         ids = [t for t, m in zip(response.tolist(), mask.tolist()) if m and t not in self.eos_ids]

@@ -95,8 +95,8 @@ class ModelSource:
 
 @dataclass
 class VLLMEngineConfig:
-    """The in-process vLLM engine (target.backend=vllm). `engine_kwargs` passes any other
-    `vllm.LLM` argument through unchanged."""
+    """An in-process vLLM engine (target.backend=vllm, agent.backend=vllm). `engine_kwargs`
+    passes any other `vllm.LLM` argument through unchanged."""
 
     tensor_parallel_size: int = 1  # GPUs the target is split across (vLLM tensor parallelism, >= 1)
     gpu_memory_utilization: float = 0.9  # fraction (0, 1] of each GPU's memory vLLM may take (weights + KV cache)
@@ -150,6 +150,16 @@ class TargetConfig(ModelSource):
 @dataclass
 class AgentConfig(ModelSource):
     """The instruct LLM that writes the instructions; RL algorithms train a LoRA adapter on it."""
+
+    # Who samples the agent's instructions: hf (transformers `generate` on the training model) |
+    # vllm (an in-process vLLM engine serving the policy and anchor adapters, synced after every
+    # change; the training model still computes PPO's log-probs). With target.backend=vllm on
+    # the same weights, dtype and device, one engine serves both (target.vllm's options).
+    backend: str = "hf"
+    # agent.backend=vllm with an engine of its own. It shares the GPU with the training model,
+    # hence a smaller memory fraction than the target's.
+    vllm: VLLMEngineConfig = field(default_factory=lambda: VLLMEngineConfig(gpu_memory_utilization=0.3,
+                                                                            cpu_kvcache_space_gb=2))
 
     lora_r: int = 16  # LoRA rank (>= 1) of the policy and anchor adapters
     lora_alpha: int = 32  # LoRA scaling numerator: the update is scaled by lora_alpha / lora_r

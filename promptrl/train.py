@@ -15,6 +15,8 @@ from promptrl.agent import Agent
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
 from promptrl.models import load_model
+from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
+from promptrl.rollouts import VLLMRollouts, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
 from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, wandb_identity, write_json
@@ -40,12 +42,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_agent(cfg, seed: int) -> Agent:
+def check_agent_backend(cfg) -> None:
+    if cfg.agent.backend not in ROLLOUT_BACKENDS:
+        raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}")
+
+
+def build_agent(cfg, seed: int, engine=None) -> Agent:
+    """The agent; with agent.backend=vllm its samples come from `engine` (one shared with the
+    target) or from an engine of its own."""
+    check_agent_backend(cfg)
     base, tok = load_model(cfg.agent, cfg.cache_dir)
     seed_everything(seed)  # LoRA and value-head initialisation
     a = cfg.agent
-    return Agent(base, tok, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                 target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template)
+    agent = Agent(base, tok, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
+                  target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template)
+    if a.backend == "vllm":
+        agent.rollouts = VLLMRollouts(engine if engine is not None else start_agent_engine(cfg), agent)
+    return agent
 
 
 def run_train(cfg: DictConfig) -> dict:
@@ -70,9 +83,16 @@ def run_train(cfg: DictConfig) -> dict:
     trainer_cls.check_config(cfg.algo)
     seed_everything(cfg.seed)
     task = load_task(cfg.task, cfg.seed)
-    scorer = build_scorer(cfg.target, task, cfg.cache_dir)
+    needs_agent = trainer_cls.needs_agent
+    if needs_agent:
+        check_agent_backend(cfg)
+    # One vLLM engine for agent and target when they are one base model: started here, so the
+    # scorer and the agent's rollouts get the same engine.
+    engine = start_agent_engine(cfg) if needs_agent and shares_engine(cfg) else None
+    scorer = build_scorer(cfg.target, task, cfg.cache_dir, engine=engine)
+    agent = None
     try:
-        agent = build_agent(cfg, cfg.seed) if trainer_cls.needs_agent else None
+        agent = build_agent(cfg, cfg.seed, engine=engine) if needs_agent else None
         trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                               budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
         resumed = bool(cfg.resume) and trainer.try_resume()
@@ -88,6 +108,8 @@ def run_train(cfg: DictConfig) -> dict:
         final = trainer.evaluate_final()
     finally:
         scorer.close()  # a vLLM engine is a process of its own; the next sweep job needs the memory
+        if agent is not None:
+            agent.close()
     results = {
         "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,

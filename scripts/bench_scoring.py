@@ -148,7 +148,8 @@ def timed(fn):
 
 
 # --- one APPO step -------------------------------------------------------------------------------
-def appo_floors(agent, scorer, task, query: torch.Tensor, samples, batch, ppo_epochs: int) -> dict:
+def appo_floors(agent, target_config, target_dtype, task, tokenizer, query: torch.Tensor, samples, batch,
+                ppo_epochs: int) -> dict:
     """Seconds each phase would take at this machine's limits, counting only the work the method
     needs (real response tokens, no padding): decoding reads every agent weight once per new
     token (memory-bound at batch 4), the query prefill and the update are matmul-bound (the
@@ -165,37 +166,54 @@ def appo_floors(agent, scorer, task, query: torch.Tensor, samples, batch, ppo_ep
     step_flops = len(lengths) * (layer_costs(config)[0] + vocab_layer)
     decode = sum(max(read, step_flops / peak) for _ in range(max(lengths)))
     update_pass = prefill + sum(forward_flops(config, q, q + n - 1) + n * vocab_layer for n in lengths)
-    seqs = [scorer.tokenizer([task.render(p, ex.text) for ex in batch], add_special_tokens=True)["input_ids"]
+    seqs = [tokenizer([task.render(p, ex.text) for ex in batch], add_special_tokens=True)["input_ids"]
             for p in samples.prompts]
-    target = scorer.model
-    score = needed_flops(target.config, seqs) / matmul_peak(next(target.parameters()).dtype, target.config)
+    score = needed_flops(target_config, seqs) / matmul_peak(target_dtype, target_config)
     return {"generate": prefill / peak + decode, "score": score, "update": (2 + 2 * ppo_epochs) * update_pass / peak}
 
 
-def appo_step(threads: int, agent_dtype: str) -> list[dict]:
+def appo_step(threads: int, agent_backend: str, agent_dtype: str, steps: int = 3) -> list[dict]:
+    """`steps` timed APPO steps after one warm-up step (first calls allocate, pick kernels and,
+    on vLLM, load the adapters). agent_backend=vllm runs the fastest arrangement: one engine for
+    the target and the agent's adapters, in the agent's dtype."""
     from promptrl.algos.appo import APPOTrainer
+    from promptrl.rollouts import shares_engine, start_agent_engine
     from promptrl.train import build_agent, seed_everything
 
-    cfg = compose_cfg(["algo=appo", "agent.max_new_tokens=64", f"agent.dtype={agent_dtype}", "algo.prompts_per_step=4",
-                       "algo.batch_size=16", "target.score_cache=false", f"target.num_threads={threads}"])
+    overrides = ["algo=appo", "agent.max_new_tokens=64", f"agent.dtype={agent_dtype}", "algo.prompts_per_step=4",
+                 "algo.batch_size=16", "target.score_cache=false", f"target.num_threads={threads}"]
+    if agent_backend == "vllm":
+        overrides += ["agent.backend=vllm", "target.backend=vllm", f"target.dtype={agent_dtype}",
+                      "target.vllm.max_model_len=2048", "target.vllm.cpu_kvcache_space_gb=2"]
+    cfg = compose_cfg(overrides)
     seed_everything(0)
     task = load_task(cfg.task, 0)
-    scorer = build_scorer(cfg.target, task, cfg.cache_dir)
-    agent = build_agent(cfg, 0)
+    engine = start_agent_engine(cfg) if shares_engine(cfg) else None
+    scorer = build_scorer(cfg.target, task, cfg.cache_dir, engine=engine)
+    agent = build_agent(cfg, 0, engine=engine)
     trainer = APPOTrainer(cfg.algo, task, scorer, agent, None, seed=0, checkpoint_every=0, progress=False)
+    target = getattr(scorer, "model", None)  # HF scorer; a shared vLLM engine serves the agent's own model
+    target_config = target.config if target is not None else agent.model.get_base_model().config
+    target_dtype = next(target.parameters()).dtype if target is not None else next(agent.model.parameters()).dtype
     sampled = []
     sample = agent.sample
     agent.sample = lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1]  # keep the step's samples
     rows = []
-    for step in range(3):
+    for step in range(steps + 1):
         batches = trainer.epoch_batches(0)
         batch = batches[step % len(batches)]
         query = trainer.make_query()
         total, row = timed(lambda batch=batch, query=query: trainer.ppo_step(batch, query))
-        floor = appo_floors(agent, scorer, task, query, sampled[-1], batch, cfg.algo.ppo_epochs)
-        rows.append({"agent": agent_dtype, "step": step, "total": total, "generate": row["time_generate"],
-                     "score": row["time_score"], "update": row["time_update"], "tokens": float(row["response_len"]),
-                     "query": len(query), "floor": floor})
+        if step == 0:
+            continue
+        floor = appo_floors(agent, target_config, target_dtype, task, agent.tokenizer, query, sampled[-1], batch,
+                            cfg.algo.ppo_epochs)
+        rows.append({"backend": agent_backend, "agent": agent_dtype, "step": step, "total": total,
+                     "generate": row["time_generate"], "score": row["time_score"], "update": row["time_update"],
+                     "tokens": float(row["response_len"]), "query": len(query), "floor": floor,
+                     "target": f"{cfg.target.backend} {cfg.target.dtype}"})
+    scorer.close()
+    agent.close()
     return rows
 
 
@@ -208,6 +226,8 @@ def main() -> int:
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM backend even if installed")
     parser.add_argument("--agent-dtypes", default="float32,bfloat16",
                         help="agent dtypes to time the APPO step in (float32 is the embedded agent's default)")
+    parser.add_argument("--agent-backends", default="hf,vllm",
+                        help="agent backends to time the APPO step with (vllm: skipped if vLLM is not installed)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if "PROMPTRL_DATA" not in os.environ and SHARED_DATA.is_dir():
@@ -280,18 +300,27 @@ def main() -> int:
         failures.append("vLLM predictions agree with the reference on < 99%")
 
     if not args.no_appo_step:
-        rows = [r for dt in args.agent_dtypes.split(",") for r in appo_step(args.threads, dt)]
-        step_table = Table(title="one APPO step: 4 prompts (<= 64 new tokens) x 16 inputs + PPO update, seconds "
-                                 "(floor: the needed work at matmul peak and weight-read speed)")
-        for col in ("agent dtype", "step", "query tokens", "mean prompt tokens", "generate (floor)", "score (floor)",
-                    "update (floor)", "total (floor)"):
+        backends = [b for b in args.agent_backends.split(",") if b != "vllm" or importlib.util.find_spec("vllm")]
+        rows = [r for dt in args.agent_dtypes.split(",") for b in backends for r in appo_step(args.threads, b, dt)]
+        step_table = Table(title="one APPO step: 4 prompts (<= 64 new tokens) x 16 inputs + PPO update, seconds, "
+                                 "after a warm-up step (floor: the needed work at matmul peak and weight-read speed)")
+        for col in ("agent", "dtype", "target", "step", "query tokens", "mean prompt tokens", "generate (floor)",
+                    "score (floor)", "update (floor)", "total (floor)"):
             step_table.add_column(col, justify="right")
         for r in rows:
             floor = r["floor"]
-            step_table.add_row(r["agent"], str(r["step"]), str(r["query"]), f"{r['tokens']:.0f}",
+            step_table.add_row(r["backend"], r["agent"], r["target"], str(r["step"]), str(r["query"]), f"{r['tokens']:.0f}",
                                *(f"{r[k]:.2f} ({floor[k]:.2f})" for k in ("generate", "score", "update")),
                                f"{r['total']:.2f} ({sum(floor.values()):.2f})")
         console.print(step_table)
+        median_of = lambda key, backend, dt: statistics.median(r[key] for r in rows if r["backend"] == backend and r["agent"] == dt)
+        for dt in args.agent_dtypes.split(","):
+            if {"hf", "vllm"} <= set(backends):
+                # per generated token, since the two backends' samples differ in length
+                per_token = {b: median_of("generate", b, dt) / median_of("tokens", b, dt) for b in ("hf", "vllm")}
+                print(f"agent_generate_speedup_vllm_vs_hf[{dt}]: {per_token['hf'] / per_token['vllm']:.2f} "
+                      f"(s/token hf {per_token['hf']:.3f}, vllm {per_token['vllm']:.3f}); "
+                      f"step median hf {median_of('total', 'hf', dt):.2f} s, vllm {median_of('total', 'vllm', dt):.2f} s")
 
     for f in failures:
         console.print(f"[red]FAIL[/red] {f}")

@@ -105,6 +105,9 @@ class APPOTrainer(PromptOptimizer):
             advantages, returns = pm.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 advantages = pm.masked_whiten(advantages, mask)
+            # Samples from another engine (agent.backend=vllm): how far its log-probs are from the
+            # trainer's, per token. Large gaps mean the two are not sampling the same policy.
+            gap = (old_logp - samples.logprobs.to(old_logp.device)).abs() * mask if samples.logprobs is not None else None
         agent.model.train()
         stats: dict[str, list[float]] = {}
         n = responses.shape[0]
@@ -126,6 +129,8 @@ class APPOTrainer(PromptOptimizer):
         agent.model.eval()
         mean_kl = float(kl.sum(-1).mean())  # sequence-level KL to the reference
         self.kl_ctl.update(mean_kl, n)
+        if gap is not None:
+            stats.update(rollout_logp_gap=[float(gap.sum() / mask.sum())], rollout_logp_gap_max=[float(gap.max())])
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, "kl": mean_kl, "kl_coef": self.kl_ctl.value,
                 "entropy": mean_entropy,
                 "explained_variance": pm.explained_variance(old_values, returns, mask)}

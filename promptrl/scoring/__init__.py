@@ -268,7 +268,8 @@ def stopped_after_text(text: str, stop) -> bool:
 BACKENDS = ("hf", "vllm", "server")
 
 
-def build_scorer(target_cfg, task: Task, cache_dir: str) -> Scorer:
+def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
+    """`engine`: a vLLM engine that already serves the target's model (one shared with the agent)."""
     backend = target_cfg.backend
     if backend == "hf":
         from promptrl.scoring.hf import HFScorer as cls
@@ -278,7 +279,7 @@ def build_scorer(target_cfg, task: Task, cache_dir: str) -> Scorer:
         from promptrl.scoring.server import ServerScorer as cls
     else:
         raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
-    scorer = cls.from_config(target_cfg, task, cache_dir)
+    scorer = cls.from_config(target_cfg, task, cache_dir, **({"llm": engine} if engine is not None else {}))
     if target_cfg.score_cache:
         attach_cache(scorer, Path(cache_dir).expanduser() / "scores.sqlite")
     return scorer

