@@ -16,7 +16,7 @@ from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
 from promptrl.models import load_model
 from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
-from promptrl.rollouts import VLLMRollouts, shares_engine, start_agent_engine
+from promptrl.rollouts import VLLMRollouts, engine_lora_rank, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
 from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, wandb_identity, write_json
@@ -45,6 +45,8 @@ def seed_everything(seed: int) -> None:
 def check_agent_backend(cfg) -> None:
     if cfg.agent.backend not in ROLLOUT_BACKENDS:
         raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}")
+    if cfg.agent.backend == "vllm":
+        engine_lora_rank(cfg.agent.lora_r)  # before any model loads: a rank vLLM cannot serve is an error
 
 
 def build_agent(cfg, seed: int, engine=None) -> Agent:
