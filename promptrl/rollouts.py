@@ -57,6 +57,23 @@ def shares_engine(cfg) -> bool:
     return same
 
 
+def check_gpu_memory(cfg, gpus: tuple[torch.device, torch.device]) -> None:
+    """Two vLLM engines on one GPU (agent and target on different models) each take their
+    gpu_memory_utilization of it when they start, and the agent's training copy needs some of
+    what is left; a plan that adds up past 0.9 fails when the second engine starts, so refuse
+    it before anything loads. `gpus`: the agent's and the target's resolved devices."""
+    agent_dev, target_dev = gpus
+    if agent_dev.type != "cuda" or target_dev.type != "cuda" or (agent_dev.index or 0) != (target_dev.index or 0):
+        return
+    if cfg.agent.backend != "vllm" or cfg.target.backend != "vllm" or shares_engine(cfg):
+        return
+    t, a = cfg.target.vllm.gpu_memory_utilization, cfg.agent.vllm.gpu_memory_utilization
+    if t + a > 0.9:
+        raise UserError(f"target.vllm.gpu_memory_utilization={t} + agent.vllm.gpu_memory_utilization={a} = {t + a:.2f} "
+                        f"of one GPU for two engines; expected at most 0.9 in all (the agent's training copy needs "
+                        f"the rest), e.g. target.vllm.gpu_memory_utilization=0.55 agent.vllm.gpu_memory_utilization=0.25")
+
+
 def start_agent_engine(cfg):
     """The agent's engine; when `shares_engine`, the target's too, with target.vllm's options."""
     from promptrl.scoring.vllm_engine import start_engine

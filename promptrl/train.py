@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 from promptrl.agent import Agent
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
-from promptrl.models import load_model
+from promptrl.models import load_model, resolve_device
 from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
-from promptrl.rollouts import VLLMRollouts, engine_lora_rank, shares_engine, start_agent_engine
+from promptrl.rollouts import VLLMRollouts, check_gpu_memory, engine_lora_rank, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
 from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, wandb_identity, write_json
@@ -47,6 +47,7 @@ def check_agent_backend(cfg) -> None:
         raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}")
     if cfg.agent.backend == "vllm":
         engine_lora_rank(cfg.agent.lora_r)  # before any model loads: a rank vLLM cannot serve is an error
+        check_gpu_memory(cfg, (resolve_device(cfg.agent.device), resolve_device(cfg.target.device)))
 
 
 def build_agent(cfg, seed: int, engine=None) -> Agent:

@@ -60,7 +60,7 @@ PROMPTS = [
     "thumbs up or a thumbs down. A thumbs up means the label positive, a thumbs down means the label negative. "
     "Answer with exactly one of these two words.",
 ]
-console = Console()
+console = Console(width=160)  # wide enough for the APPO table when the output is a log file
 
 
 def compose_cfg(overrides: list[str]):

@@ -304,3 +304,28 @@ def test_acting_folds_the_adapter_in_and_puts_the_weights_back_exactly():
     for n, p in agent.model.named_parameters():
         assert torch.equal(p, before[n]), n  # restored bit for bit
     assert all(not p.requires_grad for p in agent.lora_params(ANCHOR).values())
+
+
+def test_mixed_precision_agent_keeps_trainables_in_fp32_and_samples_with_its_adapter():
+    tok = make_tokenizer()
+    agent = Agent(make_model(len(tok)).to(torch.bfloat16), tok, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=6)
+    base_weights = [p for n, p in agent.model.named_parameters() if "lora_" not in n]
+    assert {p.dtype for p in base_weights} == {torch.bfloat16}
+    for adapter in (POLICY, ANCHOR):  # adapters and value heads in fp32, so Adam's state is too
+        assert {p.dtype for p in agent.lora_params(adapter).values()} == {torch.float32}
+        assert agent.value_heads[adapter].weight.dtype == torch.float32
+    with torch.no_grad():
+        for name, p in agent.lora_params(POLICY).items():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([[5, 9, 14, 3, 7, 11]])
+    agent.model.eval()
+    with torch.no_grad():
+        with agent.using(POLICY):
+            want = agent.model(input_ids=ids).logits
+        with agent.using(BASE):
+            base = agent.model(input_ids=ids).logits
+        with agent.acting(POLICY):  # bf16 W + BA would round a small BA away: no folding here
+            got = agent.model(input_ids=ids).logits
+    assert not torch.allclose(want.float(), base.float(), atol=1e-2)
+    assert torch.equal(got, want), "sampling in bf16 must use the adapter, not the base model"

@@ -121,3 +121,23 @@ def test_gpu_smoke_script_composes_and_refuses_a_machine_without_cuda():
     if not torch.cuda.is_available():
         r = subprocess.run([sys.executable, str(scripts / "gpu_smoke.py")], capture_output=True, text=True)
         assert r.returncode == 1 and "no CUDA device is visible" in r.stderr
+
+
+AMD = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f {}\n"
+INTEL = "vendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f {}\n"
+
+
+@pytest.mark.parametrize("cpuinfo, fast", [
+    (AMD.format("avx512_bf16"), True),  # Zen 4: bf16 2-3x fp32
+    (INTEL.format("avx512_bf16 amx_bf16 amx_tile"), True),  # Sapphire Rapids with AMX
+    (INTEL.format("avx512_bf16 avx512_fp16"), False),  # AMX hidden: bf16 measured 0.6x fp32
+    (AMD.format(""), False), (INTEL.format(""), False), ("", False),
+])
+def test_auto_dtype_on_a_cpu_is_bf16_only_where_bf16_measured_faster(monkeypatch, cpuinfo, fast):
+    from promptrl import models
+
+    assert models.cpu_bf16_is_fast(cpuinfo) is fast
+    monkeypatch.setattr(models, "cpu_bf16_is_fast", lambda: fast)
+    assert models.resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if fast else torch.float32)
+    assert models.resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert models.resolve_dtype("float32", torch.device("cpu")) == torch.float32

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from promptrl.agent import ANCHOR, POLICY, Agent
 from promptrl.config import register_configs
 from promptrl.errors import UserError
-from promptrl.rollouts import engine_lora_rank, shares_engine
+from promptrl.rollouts import check_gpu_memory, engine_lora_rank, shares_engine
 
 from conftest import REPO, SHARED_DATA, make_model, make_tokenizer
 
@@ -76,9 +76,25 @@ def cfg(*overrides):
     (["agent.backend=vllm", "target.backend=vllm", "agent.dtype=auto", "target.dtype=auto"], True),
     (["agent.backend=hf", "target.backend=vllm"], False),
     (["agent.backend=vllm", "target.backend=hf"], False),
-    (["agent.backend=vllm", "target.backend=vllm", "agent.dtype=float32", "target.dtype=bfloat16"], False),  # not one copy of the weights,
+    (["agent.backend=vllm", "target.backend=vllm", "agent.dtype=float32", "target.dtype=bfloat16"], False),  # not one copy of the weights
     (["agent.backend=vllm", "target.backend=vllm", "target=gemma3-270m"], False),
     (["agent.backend=vllm", "target.backend=vllm", "target.revision=abc123"], False),
 ])
 def test_one_engine_only_for_the_same_weights_dtype_and_device(overrides, shared):
     assert shares_engine(cfg(*overrides)) is shared
+
+
+GPU0, GPU1, CPU = torch.device("cuda", 0), torch.device("cuda", 1), torch.device("cpu")
+
+
+def test_two_engines_that_cannot_fit_on_one_gpu_are_refused_before_anything_loads():
+    two_engines = cfg("agent.backend=vllm", "target.backend=vllm", "target=gemma3-270m")
+    with pytest.raises(UserError, match=r"target.vllm.gpu_memory_utilization=0.9 \+ agent.vllm.gpu_memory_utilization=0.3"):
+        check_gpu_memory(two_engines, (GPU0, torch.device("cuda")))  # "cuda" is GPU 0
+    check_gpu_memory(two_engines, (GPU0, GPU1))  # a GPU each
+    check_gpu_memory(two_engines, (CPU, CPU))
+    fits = cfg("agent.backend=vllm", "target.backend=vllm", "target=gemma3-270m",
+               "target.vllm.gpu_memory_utilization=0.55", "agent.vllm.gpu_memory_utilization=0.25")
+    check_gpu_memory(fits, (GPU0, GPU0))
+    one_engine = cfg("agent.backend=vllm", "target.backend=vllm", "agent.dtype=bfloat16", "target.dtype=bfloat16")
+    check_gpu_memory(one_engine, (GPU0, GPU0))
