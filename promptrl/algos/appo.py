@@ -131,6 +131,8 @@ class APPOTrainer(PromptOptimizer):
         self.kl_ctl.update(mean_kl, n)
         if gap is not None:
             stats.update(rollout_logp_gap=[float(gap.sum() / mask.sum())], rollout_logp_gap_max=[float(gap.max())])
+        if agent.rollouts is not None:  # adapter syncs into the engine so far, and their seconds
+            stats.update(rollout_syncs=[agent.rollouts.syncs], rollout_sync_s=[agent.rollouts.sync_seconds])
         return {**{k: sum(v) / len(v) for k, v in stats.items()}, "kl": mean_kl, "kl_coef": self.kl_ctl.value,
                 "entropy": mean_entropy,
                 "explained_variance": pm.explained_variance(old_values, returns, mask)}
