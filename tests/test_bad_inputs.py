@@ -72,7 +72,7 @@ CASES = [
     ("agent without chat template", ["train", "agent.model=<plain_lm>", "agent.gguf_package=null", "agent.name=plain"],
      ["the agent's tokenizer has no chat template", "agent.no_chat_template=plain"]),
     ("bad no_chat_template value", ["train", "agent.no_chat_template=maybe"], ["agent.no_chat_template='maybe'; expected one of: error, plain"]),
-    ("unknown command", ["tune"], ["unknown command 'tune'; expected one of: train, eval, report"]),
+    ("unknown command", ["tune"], ["unknown command 'tune'; expected one of: train, eval, predict, check, report"]),
 ]
 
 
