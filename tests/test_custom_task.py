@@ -164,3 +164,49 @@ def test_bad_data_is_one_line_naming_the_file_and_what_is_accepted(name, overrid
 def test_load_errors_are_user_errors_not_tracebacks(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_task(custom(data_files={"train": str(tmp_path / "none.csv")}), 0)
+
+
+def test_check_prints_sizes_label_tokens_an_example_and_the_plan(tmp_path, capsys):
+    """The check on a target with a tiny word-level tokenizer: everything it prints comes from the
+    data, the tokenizer and the algorithm's schedule; no model is loaded."""
+    from conftest import make_model, make_tokenizer
+
+    tok = make_tokenizer()
+    target = tmp_path / "tiny-lm"
+    make_model(len(tok)).save_pretrained(target)
+    tok.save_pretrained(target)
+    data = tmp_path / "toy.csv"
+    data.write_text("review,verdict\n" + "".join(f"the movie {i} was great,very good\nthe film {i} was bad,very bad\n"
+                                                  for i in range(20)))
+    args = [*REVIEWS, f"task.data_files.train={data}", "task.shots=4", f"target.model={target}", "target.gguf_package=null",
+            "target.name=tiny", "algo=ape", "algo.num_candidates=4"]
+    assert check_main(args) == 0
+    out = capsys.readouterr().out
+    for line in ["train: 8 examples (very bad: 4, very good: 4)", "dev: 8 examples (very bad: 4, very good: 4)",
+                 "test: 8 examples (very bad: 4, very good: 4)",  # 20% of 20 per class held out first
+                 "['very', 'bad']", "' very bad', ' very good' share a first token; their later tokens decide",
+                 "Classify the input as one of: very bad, very good.\nInput: the ",
+                 "training (ape): 32 target calls by its schedule",  # 4 candidates x 8 training examples
+                 "final evaluation: at most 112",  # (queue 5 + manual + empty) x (8 dev + 8 test)
+                 "check passed"]:
+        assert line in out, (line, out)
+    assert check_main([*args, "budget.target_calls=10"]) == 0
+    assert "stopped by budget.target_calls=10" in capsys.readouterr().out
+
+
+def test_a_hub_dataset_gives_its_class_names_and_splits(tmp_path):
+    """task.hub_id goes through datasets.load_dataset like any hub id; a local directory of
+    Parquet files (which keep the ClassLabel feature) stands in for the hub here."""
+    import datasets
+
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
+    rows = lambda n, tag: {"sentence": [f"{tag} film {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+    datasets.Dataset.from_dict(rows(40, "train"), features=features).to_parquet(str(tmp_path / "train.parquet"))
+    test = rows(10, "test")
+    test["label"][0] = -1  # no gold label, as in GLUE's test splits
+    datasets.Dataset.from_dict(test, features=features).to_parquet(str(tmp_path / "test.parquet"))
+    task = load_task(custom(hub_id=str(tmp_path), input_field="sentence", label_field="label", shots=4), 0)
+    assert task.label_names == ["negative", "positive"] and task.label_words == [" negative", " positive"]
+    assert len(task.train) == len(task.dev) == 8 and len(task.test) == 9
+    assert task.source.startswith(f"hub:{tmp_path}")

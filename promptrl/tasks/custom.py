@@ -149,12 +149,17 @@ def sources(cfg, input_col: str) -> tuple[dict[str, Split], list[str] | None, st
     if wanted["train"] not in dd:
         raise UserError(f"dataset {cfg.hub_id!r} has no split {wanted['train']!r} (task.hub_train_split); "
                         f"its splits are {list(dd)}")
+    feature = dd[wanted["train"]].features.get(cfg.label_field) if cfg.kind == "classification" else None
+    names = list(feature.names) if hasattr(feature, "names") else None
     splits = {}
     for name, split in wanted.items():
         if split and split in dd:
-            splits[name] = read_split(dd[split], f"{cfg.hub_id}[{split}]", cfg, input_col)
-    feature = dd[wanted["train"]].features.get(cfg.label_field) if cfg.kind == "classification" else None
-    names = list(feature.names) if hasattr(feature, "names") else None
+            s = read_split(dd[split], f"{cfg.hub_id}[{split}]", cfg, input_col)
+            if names:  # a ClassLabel's -1 means "no gold label" (GLUE's test splits): such rows are left out
+                keep = [i for i, v in enumerate(s.values) if v != -1]
+                s = Split(s.where, [s.texts[i] for i in keep], [s.values[i] for i in keep], [s.rows[i] for i in keep])
+            if s.texts:
+                splits[name] = s
     return splits, names, f"hub:{cfg.hub_id}:{cfg.hub_config}"
 
 
