@@ -79,7 +79,7 @@ def plan(cfg, task: Task) -> list[str]:
 
 def run_check(cfg) -> dict:
     """Print the check; raises UserError (one line) for bad data or settings."""
-    console = Console()
+    console = Console(soft_wrap=True)  # lines stay whole when piped or captured; tables still fit the width
     task = load_task(cfg.task, cfg.seed)
     console.print(f"[bold]data[/bold]: {task.source}")
     for line in task.data_report:
@@ -93,7 +93,7 @@ def run_check(cfg) -> dict:
             console.print(f"  {note}")
     example = task.train[0]
     prompt = task.manual_prompt or "<the prompt>"
-    answer = example.answers[0] if task.is_generation else task.label_words[example.label]
+    answer = " " + example.answers[0] if task.is_generation else task.label_words[example.label]
     console.print(f"[bold]one rendered example[/bold] ({example.id}, with the manual prompt; the target is scored "
                   f"on what follows the template, here {answer!r}):")
     console.print(task.render(prompt, example.text) + answer, markup=False, highlight=False)
