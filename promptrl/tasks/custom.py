@@ -311,6 +311,9 @@ def load_custom(cfg, seed: int) -> Task:
             raise UserError(f"the {split} split is empty ({why}); give task.data_files.{split} or more rows{size}")
     sizes = [f"{split}: {len(examples[split])} examples" + class_counts([e.label for e in examples[split]], names)
              for split in ("train", "dev", "test")]
+    if not generation:
+        chosen = "task.label_names" if cfg.label_names else ("the ClassLabel" if hub_names else "train, sorted")
+        notes.insert(0, f"classes ({chosen}): {names}; label words {words}")
     report = sizes + notes
     for line in report:
         log.info("task %s: %s", cfg.name, line)
