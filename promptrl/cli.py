@@ -1,7 +1,8 @@
-"""`promptrl train | eval | report`: thin Hydra entry points.
+"""`promptrl train | eval | predict | check | report`: thin Hydra entry points.
 
 Each subcommand is its own Hydra app (config `conf/<command>.yaml`), so overrides, `--cfg job`,
-`--help` and `-m` multirun behave exactly as Hydra users expect.
+`--help` and `-m` multirun behave exactly as Hydra users expect. `check` composes train's config
+without starting a job (it writes nothing) and `report` is plain argparse.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
-USAGE = """usage: promptrl {train,eval,report} [hydra overrides ...]
+USAGE = """usage: promptrl {train,eval,predict,check,report} [hydra overrides ...]
 
   train   find a prompt: promptrl train task=sst2 agent=smollm2-135m algo=appo
   eval    score a prompt: promptrl eval task=sst2 prompt="Is this review positive?"
+  predict use a prompt:  promptrl predict task=custom ... prompt_file=best_prompt.txt input_file=new.csv
+  check   data and plan: promptrl check task=custom task.data_files.train=my.csv task.label_field=category
   report  compare runs:   promptrl report outputs/multirun/<date>/<time>
 
 Each command is a Hydra app: `promptrl train --help`, `--cfg job`, `-m` for sweeps."""
@@ -93,6 +96,37 @@ def eval_app(cfg: DictConfig):
     return _report_errors(run_eval, cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+def predict_app(cfg: DictConfig):
+    from promptrl.predict import run_predict
+
+    return _report_errors(run_predict, cfg)
+
+
+def check_main(args: list[str]) -> int:
+    """`promptrl check <train overrides>`: no Hydra job, no run directory, no model."""
+    import datasets
+    from hydra import compose, initialize_config_dir
+
+    from promptrl.check import run_check
+
+    # Library records and bars (datasets, transformers) have no console here; promptrl prints its own.
+    datasets.disable_progress_bars()
+    logging.getLogger().addHandler(logging.NullHandler())
+    logging.getLogger("promptrl").addHandler(logging.NullHandler())
+    route_transformers_logs()
+    try:
+        with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="check"):
+            cfg = compose("train", overrides=args)
+        run_check(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"promptrl: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def report_main(args: list[str]) -> int:
     from promptrl.report import main as report
 
@@ -103,7 +137,8 @@ def report_main(args: list[str]) -> int:
         return 2
 
 
-COMMANDS = {"train": train_app, "eval": eval_app}
+COMMANDS = {"train": train_app, "eval": eval_app, "predict": predict_app}
+COMMAND_NAMES = ("train", "eval", "predict", "check", "report")
 
 
 def _quiet_libraries() -> None:
@@ -135,17 +170,19 @@ def main() -> None:
     command, rest = args[0], args[1:]
     if command == "report":
         sys.exit(report_main(rest))
-    if command not in COMMANDS:
-        print(f"promptrl: error: unknown command {command!r}; expected one of: train, eval, report", file=sys.stderr)
+    if command not in COMMAND_NAMES:
+        print(f"promptrl: error: unknown command {command!r}; expected one of: {', '.join(COMMAND_NAMES)}", file=sys.stderr)
         sys.exit(2)
     if "--verbose" in rest:  # full tracebacks for user errors too
         rest.remove("--verbose")
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    problem = preflight(CONF_DIR, command, rest)
+    problem = preflight(CONF_DIR, "train" if command == "check" else command, rest)
     if problem is not None:
         print(f"promptrl: error: {problem}", file=sys.stderr)
         sys.exit(2)
     # Hydra reads sys.argv; the job name (and log file) follows the subcommand.
+    if command == "check":
+        sys.exit(check_main(rest))
     sys.argv = [command] + rest
     COMMANDS[command]()
     if FAILED_JOBS:

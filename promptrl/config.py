@@ -28,6 +28,16 @@ from promptrl.prompts import (
 
 
 @dataclass
+class DataFilesConfig:
+    """loader=custom: the user's own files, each CSV, TSV, JSON Lines / JSON or Parquet (chosen by
+    the extension: .csv .tsv .jsonl .json .parquet), read with `datasets.load_dataset`."""
+
+    train: Optional[str] = None  # the labelled examples to tune on (required unless task.hub_id names a hub dataset)
+    dev: Optional[str] = None  # examples for anchor checks and prompt selection; null = drawn from train with the run's seed
+    test: Optional[str] = None  # held-out examples for the reported score; null = drawn from train with the run's seed
+
+
+@dataclass
 class TaskConfig:
     """What the target is asked to do: where the examples come from, how an instruction and an
     input are rendered for the target, and how its answer is scored."""
@@ -37,7 +47,8 @@ class TaskConfig:
     # answer (greedy, cut at `stop`), scored by `metric` against every gold answer.
     kind: str = "classification"
     # How the data is read: classification (LM-BFF files or a hub dataset), instruction_induction
-    # (APE's induce/execute JSON), bigbench (BIG-bench task.json), mmlu, openbookqa (hub QA).
+    # (APE's induce/execute JSON), bigbench (BIG-bench task.json), mmlu, openbookqa (hub QA),
+    # custom (your own files or hub dataset: conf/task/custom.yaml, docs/custom_task.md).
     loader: str = "classification"
     source_task: Optional[str] = None  # the task's name in its collection (II task, BIG-bench task, MMLU subject)
     # File-based sources without a local copy are downloaded from here ({task} and {split} filled in).
@@ -49,7 +60,24 @@ class TaskConfig:
     hub_train_split: str = "train"  # the hub split the few-shot train/dev examples are drawn from
     hub_test_split: str = "test"  # the hub split reported as test (SST-2: its labelled "validation")
     text_field: str = "sentence"  # the column holding the input text (single-input tasks)
-    label_field: str = "label"  # the column holding the gold class index (0 .. len(label_words)-1)
+    # The column holding the gold class: an index 0 .. len(label_words)-1; loader=custom: a class
+    # name (string) or an integer.
+    label_field: str = "label"
+    data_files: DataFilesConfig = field(default_factory=DataFilesConfig)  # loader=custom: see DataFilesConfig
+    input_field: Optional[str] = None  # loader=custom: the column holding each input; null = text_field
+    # loader=custom with kind=generation: the column holding the gold answer (a string, or a list
+    # of accepted answers in JSON files).
+    target_field: Optional[str] = None
+    # loader=custom: k-shot train and dev subsets, k examples per class (generation: k examples),
+    # stratified and seeded (REFERENCE §6.1); null = every row of the split.
+    shots: Optional[int] = None
+    # loader=custom without a dev file: the part of the train file drawn as dev, a fraction (< 1)
+    # or a number of rows (>= 1), stratified; with task.shots, dev is k per class instead.
+    dev_size: float = 0.2
+    # loader=custom without a test file: the part of the train file held out as test (drawn
+    # first, stratified), a fraction (< 1) or a number of rows (>= 1).
+    test_size: float = 0.2
+    hub_dev_split: Optional[str] = None  # loader=custom with task.hub_id: the hub split used as dev; null = drawn from train
     # Several columns per input (sentence pairs): e.g. "premise : {premise}\n hypothesis : {hypothesis}";
     # the named columns are read instead of text_field (REFERENCE §2.4).
     input_format: Optional[str] = None
@@ -61,10 +89,13 @@ class TaskConfig:
     # How the target sees an instruction and an input: {prompt} and {input} are filled in; the
     # target's next token (classification) or continuation (generation) is the answer.
     template: str = "{prompt} Input : {input} Output :"
-    # The verbaliser: the token the target should put next for each class, in label-index order,
-    # usually with a leading space (" positive"); each must be one token of the target's vocabulary.
+    # The verbaliser: what the target should write next for each class, in label-index order,
+    # usually with a leading space (" positive"). One token is scored by its log-prob; several
+    # tokens by the sum of their log-probs. loader=custom: empty = " " + each label name.
     label_words: list[str] = field(default_factory=list)
-    label_names: list[str] = field(default_factory=list)  # the classes' names for demonstrations and reports
+    # The classes' names for demonstrations and reports. loader=custom: the classes and their
+    # order (integer labels index into it); empty = the labels found in train, sorted.
+    label_names: list[str] = field(default_factory=list)
     metric: str = "accuracy"  # classification: accuracy; generation: em | f1 | exact_set | contains
     # Generation tasks: the reward is this metric's mean over the batch (the paper: F1); "metric"
     # rewards with the task metric itself (the authors' code).
@@ -334,6 +365,26 @@ class EvalConfig:
 
 
 @dataclass
+class PredictConfig:
+    """`promptrl predict`: apply a (tuned) prompt to new inputs; writes predictions.jsonl and .csv."""
+
+    seed: int = 0  # seeds the task's split (its classes and label words come from the task's data)
+    task: TaskConfig = MISSING  # conf/task/<name>.yaml: the classes, label words and template the prompt was tuned with
+    target: TargetConfig = MISSING  # conf/target/<name>.yaml
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger/<name>.yaml (progress bar on/off)
+    prompt_file: Optional[str] = None  # the prompt, e.g. a train run's best_prompt.txt (the whole file is one prompt)
+    # The inputs (CSV, TSV, JSON Lines / JSON or Parquet, by extension) with the task's input column
+    # (task.input_field or task.text_field); a label column (task.label_field / task.target_field)
+    # is optional and, when there, accuracy is printed.
+    input_file: Optional[str] = None
+    batch_size: int = 64  # inputs per scoring call; each finished batch is on disk before the next starts
+    # A predict run directory to continue after a crash (its saved config is used; the rows already
+    # in its predictions.jsonl are skipped); null = a new run.
+    resume: Optional[str] = None
+    cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"  # converted models and the score cache
+
+
+@dataclass
 class TrainConfig:
     """`promptrl train`: search a prompt with one optimiser."""
 
@@ -353,6 +404,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
     cs.store(group="algo", name="appo_schema", node=APPOConfig)
     cs.store(group="algo", name="tte_schema", node=TTEConfig)
     cs.store(group="algo", name="ape_schema", node=APEConfig)

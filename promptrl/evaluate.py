@@ -24,14 +24,19 @@ def prompts_to_evaluate(cfg: DictConfig, task: Task) -> dict[str, str]:
     if cfg.prompt is not None:
         return {"given": str(cfg.prompt)}
     if cfg.prompt_file is not None:
-        path = Path(cfg.prompt_file).expanduser()
-        if not path.is_file():
-            raise UserError(f"prompt_file {str(path)!r} does not exist")
-        text = path.read_text(encoding="utf-8").strip()
-        if not text:
-            raise UserError(f"prompt_file {str(path)!r} is empty; expected the prompt text")
-        return {"given": text}
+        return {"given": read_prompt_file(cfg.prompt_file)}
     return {"manual": task.manual_prompt, "empty": ""}
+
+
+def read_prompt_file(name: str) -> str:
+    """The whole file is one prompt (a train run's best_prompt.txt), without surrounding blanks."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise UserError(f"prompt_file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise UserError(f"prompt_file {str(path)!r} is empty; expected the prompt text")
+    return text
 
 
 def metric_label(task: Task) -> str:

@@ -19,7 +19,7 @@ from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
 from promptrl.rollouts import VLLMRollouts, check_gpu_memory, engine_lora_rank, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
-from promptrl.tracking import Tracker, print_table, run_dir, save_run_info, wandb_identity, write_json
+from promptrl.tracking import Tracker, atomic_write_text, print_table, run_dir, save_run_info, wandb_identity, write_json
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,9 @@ def run_train(cfg: DictConfig) -> dict:
         "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
     }
     write_json(out / "results.json", results)
+    if final.get("best_prompt") is not None:  # TTE writes one prompt per input instead (tte_*_prompts.jsonl)
+        # the prompt as `promptrl predict prompt_file=` reads it back
+        atomic_write_text(out / "best_prompt.txt", final["best_prompt"] + "\n")
     trainer.tracker.summary(results)
     trainer.tracker.close()
     print_table(
@@ -135,4 +138,6 @@ def run_train(cfg: DictConfig) -> dict:
     )
     chosen = final.get("protocol") or f"best prompt (dev-selected): {final.get('best_prompt')!r}"
     log.info("%s test %.4f; results in %s", chosen, final.get("test_accuracy", float("nan")), out / "results.json")
+    if final.get("best_prompt") is not None:
+        log.info("best prompt in %s (promptrl predict prompt_file=%s input_file=...)", out / "best_prompt.txt", out / "best_prompt.txt")
     return results

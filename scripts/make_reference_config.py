@@ -2,9 +2,9 @@
 
 The schema (promptrl/config.py) is the one home of what a key means; the YAML files in conf/
 only choose values. These generated files show both at once, the way verl ships its generated
-trainer config: the composed defaults of `promptrl train` (APPO), of each other algorithm, and
-of `promptrl eval`. tests/test_config.py fails when they are out of date; rerun after changing
-a default or a comment:
+trainer config: the composed defaults of `promptrl train` (APPO), of each other algorithm, of
+`promptrl eval` and of `promptrl predict`. tests/test_config.py fails when they are out of date;
+rerun after changing a default or a comment:
 
     python scripts/make_reference_config.py
 """
@@ -115,6 +115,7 @@ def documents() -> dict[str, str]:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3", job_name="reference"):
         docs["train.yaml"] = HEADER.format(command="promptrl train") + render(compose("train"), all_comments)
         docs["eval.yaml"] = HEADER.format(command="promptrl eval") + render(compose("eval"), all_comments)
+        docs["predict.yaml"] = HEADER.format(command="promptrl predict") + render(compose("predict"), all_comments)
         for algo in algos:
             node = compose("train", overrides=[f"algo={algo}"]).algo
             docs[f"algo_{algo}.yaml"] = (HEADER.format(command=f"promptrl train algo={algo}")

@@ -92,3 +92,38 @@ def run_cli(*args: str, data: Path | str | None = None, env: dict | None = None,
             full[key] = str(value)
     return subprocess.run([sys.executable, "-m", "promptrl.cli", *args], capture_output=True, text=True,
                           env=full, timeout=timeout)
+
+
+# --- a user's own data --------------------------------------------------------------------------
+# SST-2 sentences as a user would bring them: a `review` column and string labels of two tokens
+# each that share their first (" thumbs up" / " thumbs down" under SmolLM2's tokenizer).
+VERDICTS = {"0": "thumbs down", "1": "thumbs up"}
+
+
+def write_reviews(path: Path, per_class: int, skip: int = 0, labelled: bool = True) -> Path:
+    """`per_class` reviews of each class from SST-2's test file (after the first `skip` of each),
+    as CSV, TSV, JSONL, JSON or Parquet by the extension of `path`."""
+    import csv
+    import json
+
+    rows, seen = [], {"0": 0, "1": 0}
+    with (SHARED_DATA / "fsc" / "sst-2" / "test.tsv").open(newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            seen[r["label"]] += 1
+            if skip < seen[r["label"]] <= skip + per_class:
+                rows.append({"review": r["sentence"], **({"verdict": VERDICTS[r["label"]]} if labelled else {})})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix in (".csv", ".tsv"):
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="," if path.suffix == ".csv" else "\t")
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".json":
+        path.write_text(json.dumps(rows), encoding="utf-8")
+    else:
+        import pandas
+
+        pandas.DataFrame(rows).to_parquet(path)
+    return path

@@ -81,3 +81,12 @@ def test_every_repository_path_named_in_the_readme_exists():
     assert any(p.startswith("promptrl/") for p in paths), "found no code-map paths in README.md"
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, f"README.md names paths that do not exist: {missing}"
+
+
+def test_the_main_commands_include_your_own_data():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Main commands", 1)[1].split("\n## ", 1)[0]
+    commands = FENCE.findall(section)[0]
+    for needle in ("promptrl check task=custom", "promptrl train task=custom", "promptrl predict task=custom"):
+        assert needle in commands, needle
+    assert "docs/custom_task.md" in section

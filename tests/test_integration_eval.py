@@ -54,8 +54,9 @@ def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
     assert res2["target_tokens"] == 0 and res2["prompts"] == res["prompts"]
 
 
-def test_real_tokenizer_rejects_multi_token_label_word(tmp_path, shared_data):
+def test_multi_token_label_words_are_scored_on_a_builtin_task(tmp_path, shared_data):
     r = eval_cli(shared_data, "task.label_words=[' negative',' superb!!']", "task.max_test_examples=8",
                  f"hydra.run.dir={tmp_path}")
-    assert r.returncode == 2
-    assert "label word ' superb!!' is" in r.stderr and "one token" in r.stderr
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["label_words"] == [" negative", " superb!!"] and 0.0 <= res["manual_test_accuracy"] <= 1.0

@@ -25,6 +25,7 @@ def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_
         assert key in res, key
     assert res["n_test"] == 16 and res["steps"] == 4 and res["algo"] == "appo"
     assert res["paper_test_accuracy"] >= res["test_accuracy"]
+    assert (run / "best_prompt.txt").read_text() == res["best_prompt"] + "\n"  # what `promptrl predict` reads
     # a quiet console: promptrl's own lines and the table; what the libraries print is in the log file
     assert "Loading weights" not in r.stdout + r.stderr and "best prompt (dev-selected)" in r.stdout
     assert "[promptrl.train][INFO]" in (run / "train.log").read_text()

@@ -4,6 +4,7 @@ tests skip without it unless PROMPTRL_REQUIRE_VLLM=1 (set in CI, where a skip wo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -19,7 +20,8 @@ from promptrl.config import register_configs
 from promptrl.errors import UserError
 from promptrl.models import model_path
 from promptrl.scoring import build_scorer
-from promptrl.scoring.vllm_engine import cpu_threads_bind
+from promptrl.scoring.hf import HFScorer
+from promptrl.scoring.vllm_engine import VLLMScorer, cpu_threads_bind
 from promptrl.tasks import load_task
 
 from conftest import REPO, SHARED_DATA, run_cli
@@ -48,8 +50,9 @@ def sst2(tmp_path_factory):
     os.environ.setdefault("PROMPTRL_DATA", str(SHARED_DATA))
     cfg = target_cfg()
     task = load_task(cfg.task, 0)
-    hf = build_scorer(cfg.target, task, cfg.cache_dir).score(PROMPTS, task.test[:64])
-    return cfg, task, hf
+    hf_scorer = build_scorer(cfg.target, task, cfg.cache_dir)
+    hf = hf_scorer.score(PROMPTS, task.test[:64])
+    return cfg, task, hf, hf_scorer
 
 
 def test_missing_vllm_names_the_extra(monkeypatch):
@@ -61,7 +64,7 @@ def test_missing_vllm_names_the_extra(monkeypatch):
 
 
 def test_vllm_engine_matches_hf_label_logprobs_and_greedy_text(sst2):
-    cfg, task, hf = sst2
+    cfg, task, hf, hf_scorer = sst2
     scorer = build_scorer(target_cfg("target.backend=vllm").target, task, cfg.cache_dir)
     got = scorer.score(PROMPTS, task.test[:64])
     assert got.label_logprobs.shape == hf.label_logprobs.shape == (2, 64, 2)
@@ -78,6 +81,19 @@ def test_vllm_engine_matches_hf_label_logprobs_and_greedy_text(sst2):
     hf_ii = build_scorer(target_cfg().target, ii, cfg.cache_dir).score([ii.manual_prompt, ""], ii.test[:12])
     got_ii = scorer.score([ii.manual_prompt, ""], ii.test[:12])
     assert torch.equal(got_ii.values, hf_ii.values) and got_ii.values.shape == (2, 12, 2)
+    # one-token labels through HF's general (one row per label) path: the same as vLLM's reads
+    texts = [task.render(p, ex.text) for p in PROMPTS for ex in task.test[:16]]
+    general = hf_scorer._sequence_logprobs(texts, group_size=16).view(2, 16, 2)
+    assert (general - got.label_logprobs[:, :16]).abs().max().item() <= 1e-3
+    # two-token labels that share their first token: vLLM's per-context reads, summed, equal HF's
+    multi = dataclasses.replace(task, label_words=[" thumbs down", " thumbs up"])
+    vllm_multi = VLLMScorer(scorer.llm, scorer.tokenizer, multi, cfg.target.name, scorer.identity())
+    hf_multi = HFScorer(hf_scorer.model, hf_scorer.tokenizer, multi, cfg.target.name)
+    assert not vllm_multi.labels.single and len(vllm_multi.labels.steps()) == 2
+    want, got_multi = hf_multi.score(PROMPTS, task.test[:32]), vllm_multi.score(PROMPTS, task.test[:32])
+    diff = (got_multi.label_logprobs - want.label_logprobs).abs().max().item()
+    assert diff <= 2e-3, f"vLLM and HF two-token label scores differ by {diff}"
+    assert torch.equal(got_multi.predictions, want.predictions)
     scorer.close()
 
 
@@ -88,7 +104,7 @@ def free_port() -> int:
 
 
 def test_vllm_server_matches_hf_label_logprobs(sst2, tmp_path):
-    cfg, task, hf = sst2
+    cfg, task, hf, _ = sst2
     port = free_port()
     path = model_path(cfg.target, cfg.cache_dir)
     env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(None), **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}

@@ -93,6 +93,17 @@ class APE(PromptOptimizer):
         self.ucb_done = 0
         self.resample_done = 0
 
+    @classmethod
+    def planned_calls(cls, cfg, task) -> int:
+        n = len(task.train)
+        candidates = cfg.num_candidates or stableprompt_candidates(n)
+        per_candidate = n if cfg.eval_examples is None else min(cfg.eval_examples, n)
+        calls = candidates * per_candidate if cfg.evaluation == "full" else 0
+        if cfg.evaluation == "ucb":
+            pulls = min(prompts_per_round(cfg.ucb_prompts_per_round, candidates), candidates)
+            calls += cfg.ucb_rounds * pulls * min(cfg.ucb_examples_per_round, n)
+        return calls + cfg.resample_rounds * min(cfg.resample_top, cfg.queue_size) * per_candidate
+
     # --- phases ------------------------------------------------------------------------------
     def phase(self) -> str | None:
         if self.proposed < self.num_candidates:

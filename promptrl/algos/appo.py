@@ -137,6 +137,18 @@ class APPOTrainer(PromptOptimizer):
                 "entropy": mean_entropy,
                 "explained_variance": pm.explained_variance(old_values, returns, mask)}
 
+    @classmethod
+    def planned_calls(cls, cfg, task: Task) -> int:
+        # every epoch scores prompts_per_step prompts on each training example once; a check
+        # follows every update_term-th epoch but the last (anchor_check_matters)
+        checks = (cfg.epochs - 1) // cfg.update_term
+        return cfg.epochs * cfg.prompts_per_step * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
+
+    @staticmethod
+    def check_calls(cfg, n_dev: int) -> int:
+        """Target calls one anchor check costs (0 when it scores nothing)."""
+        return 2 * cfg.anchor_eval_prompts * n_dev if cfg.reference == "anchor" else 0
+
     # --- the anchor ------------------------------------------------------------------------
     def anchor_check(self) -> dict:
         cfg = self.cfg
@@ -158,8 +170,7 @@ class APPOTrainer(PromptOptimizer):
         return not self.finished()
 
     def anchor_check_calls(self) -> int:
-        """Target calls one anchor check costs (0 when it scores nothing)."""
-        return 2 * self.cfg.anchor_eval_prompts * len(self.task.dev) if self.cfg.reference == "anchor" else 0
+        return self.check_calls(self.cfg, len(self.task.dev))
 
     def decide(self, policy_acc: float, anchor_acc: float) -> dict:
         """APPO's rule: move the anchor to a clearly better policy, restore a clearly worse one."""

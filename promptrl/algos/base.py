@@ -67,6 +67,20 @@ class PromptOptimizer:
         self.step = 0  # steps done
         self.elapsed = 0.0  # wall time of earlier sessions of this run
 
+    # --- the plan, before anything runs (`promptrl check`) -------------------------------------
+    @classmethod
+    def planned_calls(cls, cfg, task: Task) -> int:
+        """Target calls the schedule asks for in training, counted as `Scorer.calls` counts them
+        (prompt x example, cached or not), before any budget: an upper bound where duplicate
+        proposals are scored once."""
+        raise NotImplementedError
+
+    @classmethod
+    def final_calls(cls, cfg, task: Task) -> int:
+        """At most this many target calls in the final evaluation: the queue, the manual and the
+        empty prompt, each on dev and test."""
+        return (cfg.queue_size + 2) * (len(task.dev) + len(task.test))
+
     # --- what a subclass provides ------------------------------------------------------------
     def train_step(self) -> dict:
         raise NotImplementedError

@@ -12,6 +12,10 @@ from promptrl.algos.base import PromptOptimizer
 class ManualPrompt(PromptOptimizer):
     needs_agent = False
 
+    @classmethod
+    def planned_calls(cls, cfg, task) -> int:
+        return 0  # the manual prompt is scored in the final evaluation only
+
     def finished(self) -> bool:
         return bool(self.queue.items)
 

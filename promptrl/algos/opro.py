@@ -40,6 +40,11 @@ class OPRO(PromptOptimizer):
         self.history: list[dict] = []  # every instruction scored: prompt, score (0-100), reward, step, order
         self.opt_steps = 0  # optimisation steps done (step 0 scores the initial instructions)
 
+    @classmethod
+    def planned_calls(cls, cfg, task) -> int:
+        per_prompt = len(task.train) if cfg.eval_examples is None else min(cfg.eval_examples, len(task.train))
+        return (len(cfg.initial_prompts) + cfg.steps * cfg.prompts_per_step) * per_prompt
+
     def finished(self) -> bool:
         return self.opt_steps > self.cfg.steps
 

@@ -53,8 +53,18 @@ class TTETrainer(APPOTrainer):
     def anchor_check_matters(self) -> bool:
         return True  # the final policy writes the test prompts, so the last check can change them
 
-    def anchor_check_calls(self) -> int:
-        return 2 * len(self.task.dev) if self.cfg.reference == "anchor" else 0
+    @classmethod
+    def planned_calls(cls, cfg, task) -> int:
+        checks = cfg.epochs // cfg.update_term  # the last check counts too (anchor_check_matters)
+        return cfg.epochs * cfg.prompts_per_step * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
+
+    @staticmethod
+    def check_calls(cfg, n_dev: int) -> int:
+        return 2 * n_dev if cfg.reference == "anchor" else 0  # one instruction per dev input, policy and anchor
+
+    @classmethod
+    def final_calls(cls, cfg, task) -> int:
+        return 3 * (len(task.dev) + len(task.test))  # manual, empty, and one prompt per input
 
     def anchor_check(self) -> dict:
         if self.cfg.reference != "anchor":

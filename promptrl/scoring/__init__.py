@@ -100,22 +100,86 @@ def reward_range(task: Task, acc_coef: float, margin_coef: float) -> float:
     return 1.0 if task.is_generation else abs(acc_coef) + abs(margin_coef)
 
 
-def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
-    """The single vocabulary id of each label word, or a UserError saying how to fix the word."""
-    ids = []
+@dataclass(frozen=True)
+class LabelTokens:
+    """Each label word's token ids under the target's tokenizer (the word tokenised on its own,
+    as it follows the rendered text). A label's score is the sum of its tokens' log-probs, each
+    given the text and the label's tokens before it; a one-token label's is its next-token
+    log-prob, today's fast path."""
+
+    words: tuple[str, ...]
+    seqs: tuple[tuple[int, ...], ...]
+
+    @property
+    def single(self) -> bool:
+        return all(len(s) == 1 for s in self.seqs)
+
+    @property
+    def first(self) -> list[int]:
+        return [s[0] for s in self.seqs]
+
+    @property
+    def longest(self) -> int:
+        return max(len(s) for s in self.seqs)
+
+    def steps(self) -> list[tuple[tuple[int, ...], list[int]]]:
+        """The plan of a backend that reads next-token log-probs (vLLM, server): every context a
+        label token follows (the label's first j tokens) once, with the tokens that follow it.
+        Labels sharing a first token share that step and differ in a later one, so they are
+        never decided by their first token alone. One-token labels: one step, the empty
+        context with every label id, which is the fast path's request."""
+        plan: dict[tuple[int, ...], list[int]] = {}
+        for seq in self.seqs:
+            for j, token in enumerate(seq):
+                nxt = plan.setdefault(tuple(seq[:j]), [])
+                if token not in nxt:
+                    nxt.append(token)
+        return list(plan.items())
+
+    def combine(self, step_logprobs: list[torch.Tensor]) -> torch.Tensor:
+        """[N, C] label scores from each step's [N, len(next tokens)] log-probs, in `steps()` order."""
+        plan = self.steps()
+        where = {ctx: (k, {t: m for m, t in enumerate(nxt)}) for k, (ctx, nxt) in enumerate(plan)}
+        n = step_logprobs[0].shape[0]
+        out = torch.zeros(n, len(self.seqs), dtype=step_logprobs[0].dtype)
+        for c, seq in enumerate(self.seqs):
+            for j, token in enumerate(seq):
+                k, col = where[tuple(seq[:j])]
+                out[:, c] += step_logprobs[k][:, col[token]]
+        return out
+
+
+def label_tokens(tokenizer, label_words: list[str], model_name: str) -> LabelTokens:
+    """The label words' token ids, or a UserError naming the word and how to fix it."""
+    seqs = []
+    unk = getattr(tokenizer, "unk_token_id", None)
     for word in label_words:
         pieces = tokenizer.tokenize(word)
-        if len(pieces) != 1:
-            stripped = word.strip()
-            variants = [v for v in dict.fromkeys([" " + stripped, stripped, " " + stripped.capitalize(), " " + stripped.lower()])
-                        if len(tokenizer.tokenize(v)) == 1]
-            hint = f"one-token variants: {variants}" if variants else "choose a shorter or more common word"
-            raise UserError(
-                f"label word {word!r} is {len(pieces)} tokens {pieces} for target {model_name!r}; "
-                f"each label word must be one token ({hint})"
-            )
-        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
-    return ids
+        ids = tokenizer.convert_tokens_to_ids(pieces)
+        if not ids:
+            raise UserError(f"label word {word!r} has no tokens for target {model_name!r}; expected a word such as ' positive'")
+        if unk is not None and unk in ids:
+            raise UserError(f"label word {word!r} has a token the target {model_name!r} does not know ({pieces}); "
+                            "choose a word of its vocabulary")
+        seqs.append(tuple(ids))
+    for a in range(len(seqs)):
+        for b in range(a):
+            if seqs[a] == seqs[b]:
+                raise UserError(f"label words {label_words[b]!r} and {label_words[a]!r} are the same tokens "
+                                f"{tokenizer.convert_ids_to_tokens(list(seqs[a]))} for target {model_name!r}; "
+                                "give each class a word of its own (task.label_words)")
+    return LabelTokens(tuple(label_words), tuple(seqs))
+
+
+def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[int]:
+    """The single vocabulary id of each label word, for code that reads one next-token
+    distribution only (scripts/bench_scoring.py's reference loop)."""
+    labels = label_tokens(tokenizer, label_words, model_name)
+    for word, seq in zip(labels.words, labels.seqs):
+        if len(seq) != 1:
+            raise UserError(f"label word {word!r} is {len(seq)} tokens {tokenizer.convert_ids_to_tokens(list(seq))} "
+                            f"for target {model_name!r}; this needs one-token label words")
+    return labels.first
 
 
 def fit_context(seqs: list[list[int]], limit: int | None) -> list[list[int]]:

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from promptrl.models import load_model, output_logits
-from promptrl.scoring import Scorer, cut_at_stop, label_token_ids, stopped_after_text
+from promptrl.scoring import Scorer, cut_at_stop, label_tokens, stopped_after_text
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -16,6 +16,9 @@ log = logging.getLogger(__name__)
 MIN_SHARED_PREFIX = 4
 # A chunk's rows are at least 1/MAX_PAD_RATIO as long as its longest: bounded padding waste.
 MAX_PAD_RATIO = 1.25
+# Positions sent through the output layer at once when label words are several tokens: each is a
+# full-vocabulary row of logits, so this bounds that memory (e.g. 1024 x 256k fp32 = 1 GiB).
+MAX_LOGIT_ROWS = 1024
 
 
 class HFScorer(Scorer):
@@ -26,6 +29,10 @@ class HFScorer(Scorer):
     prompt's KV cache. Rows of all prompts are sorted by length and cut into chunks of at most
     `batch_tokens` tokens whose lengths differ by at most `MAX_PAD_RATIO`, so matmuls stay large
     and padding small. Only the last real position of each text goes through the output layer.
+
+    Label words of several tokens: each text is run once per label with the label's tokens
+    after it (on the same prefix cache), and the label's score is the sum of its tokens'
+    log-probs read at their positions. One-token labels keep the one-row-per-text fast path.
     """
 
     def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True,
@@ -36,7 +43,8 @@ class HFScorer(Scorer):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_tokens = batch_tokens
-        self.label_ids = torch.tensor(label_token_ids(tokenizer, task.label_words, name))
+        self.labels = label_tokens(tokenizer, task.label_words, name)
+        self.label_ids = torch.tensor(self.labels.first)
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.max_len = getattr(model.config, "max_position_embeddings", None)
@@ -56,21 +64,66 @@ class HFScorer(Scorer):
         return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse,
                    revision=cfg.revision)
 
-    @torch.inference_mode()
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
-        seqs = self.encode(texts)  # the answer is read at the last position, not written: no room kept
+        if self.labels.single:
+            return self._next_token_logprobs(texts, group_size)
+        return self._sequence_logprobs(texts, group_size)
+
+    def _shared_prefixes(self, seqs: list[list[int]], group_size: int | None):
+        """Each text's group (its prompt), each group's shared prefix length and KV cache."""
         size = group_size if (self.prefix_reuse and group_size) else len(seqs)
         group_of = [i // size for i in range(len(seqs))]
         plens = []
         for g in range(0, len(seqs), size):
             plen = common_prefix_length(seqs[g:g + size]) if self.prefix_reuse else 0
             plens.append(plen if plen >= MIN_SHARED_PREFIX else 0)
-        prefixes = self._prefix_caches([seqs[g * size][:p] for g, p in enumerate(plens)])
+        return group_of, plens, self._prefix_caches([seqs[g * size][:p] for g, p in enumerate(plens)])
+
+    @torch.inference_mode()
+    def _next_token_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
+        """One-token labels: one row per text, its last position read."""
+        seqs = self.encode(texts)  # the answer is read at the last position, not written: no room kept
+        group_of, plens, prefixes = self._shared_prefixes(seqs, group_size)
         suffixes = [s[plens[group_of[i]]:] for i, s in enumerate(seqs)]
         out = torch.empty(len(seqs), len(self.label_ids))
         for chunk in self._chunks([len(s) for s in suffixes], max(plens)):
             rows = torch.tensor(chunk)
-            out[rows] = self._score_chunk([suffixes[i] for i in chunk], [group_of[i] for i in chunk], plens, prefixes)
+            hidden = self._hidden([suffixes[i] for i in chunk], [group_of[i] for i in chunk], plens, prefixes)
+            last = torch.tensor([len(suffixes[i]) - 1 for i in chunk], device=self.device)
+            final = hidden[torch.arange(len(chunk), device=self.device), last]
+            out[rows] = torch.log_softmax(output_logits(self.model, final), -1)[:, self.label_ids.to(self.device)].cpu()
+        return out
+
+    @torch.inference_mode()
+    def _sequence_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
+        """Any labels: one row per text and label, text + the label's tokens but its last, on the
+        text's prompt prefix; token j of the label is read where the row holds text + label[:j].
+        The prefix is the one the texts share (at most a text's length - 1), so every read
+        position is in the row's own part."""
+        labels = self.labels.seqs
+        seqs = self.encode(texts, room=self.labels.longest - 1)
+        group_of, plens, prefixes = self._shared_prefixes(seqs, group_size)
+        # encode counted each text once; every further label row runs it (and the label) again
+        self.tokens += (len(labels) - 1) * sum(len(s) for s in seqs) + len(seqs) * sum(len(t) - 1 for t in labels)
+        rows = [(i, c) for i in range(len(seqs)) for c in range(len(labels))]
+        suffixes = [seqs[i][plens[group_of[i]]:] + list(labels[c][:-1]) for i, c in rows]
+        out = torch.zeros(len(seqs), len(labels))
+        for chunk in self._chunks([len(s) for s in suffixes], max(plens)):
+            hidden = self._hidden([suffixes[r] for r in chunk], [group_of[rows[r][0]] for r in chunk], plens, prefixes)
+            where, targets, owners = [], [], []  # (chunk row, position), the label token there, (text, label)
+            for k, r in enumerate(chunk):
+                i, c = rows[r]
+                start = len(seqs[i]) - plens[group_of[i]] - 1
+                for j, token in enumerate(labels[c]):
+                    where.append((k, start + j))
+                    targets.append(token)
+                    owners.append(rows[r])
+            for a in range(0, len(where), MAX_LOGIT_ROWS):
+                part = torch.tensor(where[a:a + MAX_LOGIT_ROWS], device=self.device)
+                logp = torch.log_softmax(output_logits(self.model, hidden[part[:, 0], part[:, 1]]), -1)
+                got = logp.gather(1, torch.tensor(targets[a:a + MAX_LOGIT_ROWS], device=self.device).unsqueeze(1)).squeeze(1).cpu()
+                for (i, c), value in zip(owners[a:a + MAX_LOGIT_ROWS], got.tolist()):
+                    out[i, c] += value
         return out
 
     @torch.inference_mode()
@@ -138,9 +191,9 @@ class HFScorer(Scorer):
             layers.append((layer.keys.gather(2, index), layer.values.gather(2, index)))
         return layers, mask
 
-    def _score_chunk(self, suffixes: list[list[int]], groups: list[int], plens: list[int], prefixes) -> torch.Tensor:
-        """Label log-probs of one chunk: each row's own tokens, right-padded, after its prompt's
-        cached prefix (if any)."""
+    def _hidden(self, suffixes: list[list[int]], groups: list[int], plens: list[int], prefixes) -> torch.Tensor:
+        """[rows, width, hidden] final hidden states of one chunk: each row's own tokens,
+        right-padded, after its prompt's cached prefix (if any)."""
         n, width = len(suffixes), max(len(s) for s in suffixes)
         ids = torch.full((n, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
@@ -156,13 +209,10 @@ class HFScorer(Scorer):
             cache = DynamicCache([(k.index_select(0, g), v.index_select(0, g)) for k, v in layers], config=self.model.config)
             mask = torch.cat([prefix_mask.index_select(0, g).cpu(), mask], dim=1)
             kwargs = {"past_key_values": cache, "use_cache": True}
-        hidden = self.model.get_decoder()(
+        return self.model.get_decoder()(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
             **kwargs,
         ).last_hidden_state
-        last = torch.tensor([len(s) - 1 for s in suffixes], device=self.device)
-        final = hidden[torch.arange(n, device=self.device), last]
-        return torch.log_softmax(output_logits(self.model, final), -1)[:, self.label_ids.to(self.device)].cpu()
 
 
 class StopAfterText(StoppingCriteria):

@@ -4,6 +4,8 @@ Meant for `vllm serve` (one big target, possibly tensor-parallel on other GPUs o
 machine). Texts are tokenised here and sent as token-id prompts, so the server scores exactly
 the tokens the other backends score. Each request asks for one token with vLLM's
 `logprob_token_ids` extension, which returns the exact log-probability of every label word.
+Label words of several tokens are scored as the vLLM backend scores them: one request per
+label-token context (the text plus a label's first tokens, `LabelTokens.steps`), summed.
 An endpoint without that extension (OpenAI's own API, most other servers) can only return the
 top-k log-probs, where label words are often missing; such an endpoint is refused with a clear
 error rather than scored approximately.
@@ -24,7 +26,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer
-from promptrl.scoring import Scorer, cut_at_stop, label_token_ids
+from promptrl.scoring import Scorer, cut_at_stop, label_tokens
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class ServerScorer(Scorer):
             if value < 1:
                 raise UserError(f"target.server.{key.split()[0]}={value}; expected a positive integer")
         self.tokenizer = tokenizer
-        self.label_ids = label_token_ids(tokenizer, task.label_words, name)
+        self.labels = label_tokens(tokenizer, task.label_words, name)
         self.url = url.rstrip("/")
         self.served_model = served_model
         self.concurrency, self.batch_size = concurrency, batch_size
@@ -93,33 +95,39 @@ class ServerScorer(Scorer):
                             "(set target.server.served_model)")
         return next(m.get("max_model_len") for m in models if m.get("id") == self.served_model)
 
-    def _score_batch(self, seqs: list[list[int]]) -> torch.Tensor:
+    def _score_batch(self, seqs: list[list[int]], label_ids: list[int]) -> torch.Tensor:
+        """[len(seqs), len(label_ids)] next-token log-probs of those ids after each sequence."""
         answer = self._post("/completions", {
             "model": self.served_model, "prompt": seqs, "max_tokens": 1, "temperature": 0.0,
-            "logprobs": len(self.label_ids), "logprob_token_ids": self.label_ids, "return_tokens_as_token_ids": True,
+            "logprobs": len(label_ids), "logprob_token_ids": label_ids, "return_tokens_as_token_ids": True,
         })
-        out = torch.empty(len(seqs), len(self.label_ids))
+        out = torch.empty(len(seqs), len(label_ids))
         choices = sorted(answer["choices"], key=lambda c: c["index"])
         if len(choices) != len(seqs):
             raise UserError(f"target server {self.url} answered {len(choices)} choices for {len(seqs)} prompts")
         for i, choice in enumerate(choices):
             step = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
             got = step[0] or {}
-            missing = [t for t in self.label_ids if f"token_id:{t}" not in got]
+            missing = [t for t in label_ids if f"token_id:{t}" not in got]
             if missing:
                 raise UserError(
                     f"target server {self.url} returned no log-probs for label token ids {missing}; the server "
                     "backend needs an endpoint with vLLM's `logprob_token_ids` (e.g. `vllm serve`)"
                 )
-            out[i] = torch.tensor([got[f"token_id:{t}"] for t in self.label_ids])
+            out[i] = torch.tensor([got[f"token_id:{t}"] for t in label_ids])
         return out
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
-        seqs = self.encode(texts, room=1)  # the one generated token
+        seqs = self.encode(texts, room=self.labels.longest)  # a label's first tokens and the one generated
+        steps = self.labels.steps()  # one step, every label id, for one-token labels
         # Consecutive texts share a prompt, so a batch shares a prefix the server can cache.
-        batches = [seqs[i:i + self.batch_size] for i in range(0, len(seqs), self.batch_size)]
+        jobs = [([s + list(context) for s in seqs[i:i + self.batch_size]], following)
+                for context, following in steps for i in range(0, len(seqs), self.batch_size)]
         with ThreadPoolExecutor(self.concurrency) as pool:
-            return torch.cat(list(pool.map(self._score_batch, batches)))
+            parts = list(pool.map(lambda job: self._score_batch(*job), jobs))
+        per_batch = len(jobs) // len(steps)
+        self.tokens += sum(len(s) for s in seqs) * (len(steps) - 1) + len(seqs) * sum(len(c) for c, _ in steps)
+        return self.labels.combine([torch.cat(parts[k * per_batch:(k + 1) * per_batch]) for k in range(len(steps))])
 
     def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
         seqs = self.encode(texts, room=max_new_tokens)

@@ -5,6 +5,9 @@ as token prompts, instruction first, so vLLM's prefix cache computes each instru
 all of its inputs. All P x N requests of a call go into one `generate`. Each asks for one token
 with `logprob_token_ids` = the label ids, which returns the exact full-vocabulary log-probability
 of every label word (`logprobs=k` returns only the top k, where labels are often missing).
+Label words of several tokens add one request per text and label-token context (the text plus
+a label's first tokens, `LabelTokens.steps`); they share the text's cached prefix, which
+`prompt_logprobs` requests would not read.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer, model_path, resolve_device, resolve_dtype
-from promptrl.scoring import Scorer, cut_at_stop, label_token_ids
+from promptrl.scoring import Scorer, cut_at_stop, label_tokens
 from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ class VLLMScorer(Scorer):
         super().__init__(task, name)
         self.llm = llm
         self.tokenizer = tokenizer
-        self.label_ids = label_token_ids(tokenizer, task.label_words, name)
+        self.labels = label_tokens(tokenizer, task.label_words, name)
         self._identity = identity
         self.max_len = llm.llm_engine.model_config.max_model_len
 
@@ -106,14 +109,23 @@ class VLLMScorer(Scorer):
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         from vllm import SamplingParams
 
-        seqs = self.encode(texts, room=1)  # the one generated token
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=self.label_ids)
-        outputs = self.llm.generate([{"prompt_token_ids": s} for s in seqs], params, use_tqdm=False)
-        out = torch.empty(len(seqs), len(self.label_ids))
-        for i, result in enumerate(outputs):
-            step = result.outputs[0].logprobs[0]
-            out[i] = torch.tensor([step[t].logprob for t in self.label_ids])
-        return out
+        seqs = self.encode(texts, room=self.labels.longest)  # a label's first tokens and the one generated
+        steps = self.labels.steps()  # one step, every label id, for one-token labels
+        requests, params = [], []
+        for context, following in steps:
+            p = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=following)
+            requests += [{"prompt_token_ids": s + list(context)} for s in seqs]
+            params += [p] * len(seqs)
+        outputs = self.llm.generate(requests, params if len(steps) > 1 else params[0], use_tqdm=False)
+        per_step = []
+        for k, (_, following) in enumerate(steps):
+            got = torch.empty(len(seqs), len(following))
+            for i, result in enumerate(outputs[k * len(seqs):(k + 1) * len(seqs)]):
+                step = result.outputs[0].logprobs[0]
+                got[i] = torch.tensor([step[t].logprob for t in following])
+            per_step.append(got)
+        self.tokens += sum(len(s) for s in seqs) * (len(steps) - 1) + len(seqs) * sum(len(c) for c, _ in steps)
+        return self.labels.combine(per_step)
 
     def generate(self, texts: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
         """Greedy answers cut as cut_at_stop does. vLLM stops at the first stop string even

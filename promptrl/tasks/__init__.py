@@ -38,6 +38,9 @@ class Task:
     max_new_tokens: int = 32
     stop: list[str] = field(default_factory=lambda: ["\n"])
     category: str | None = None
+    # What the loader decided about the data (sizes, splits drawn, overlaps dropped), one line
+    # each, for the log and `promptrl check`.
+    data_report: list[str] = field(default_factory=list)
 
     @property
     def is_generation(self) -> bool:
@@ -75,7 +78,9 @@ def validate_template(template: str) -> None:
 
 
 KINDS = ("classification", "generation")
-LOADERS = ("classification", "instruction_induction", "bigbench", "mmlu", "openbookqa")
+LOADERS = ("classification", "instruction_induction", "bigbench", "mmlu", "openbookqa", "custom")
+# Loaders that take the label words from the data: BIG-bench its letters, custom its classes.
+WORDS_FROM_DATA = ("bigbench", "custom")
 
 
 def check_task_config(cfg) -> None:
@@ -85,9 +90,9 @@ def check_task_config(cfg) -> None:
         raise UserError(f"task.loader {cfg.loader!r} is not supported; expected one of: {', '.join(LOADERS)}")
     validate_template(cfg.template)
     if cfg.kind == "classification":
-        if cfg.loader != "bigbench" and len(cfg.label_words) < 2:  # BIG-bench takes its letters from the file
+        if cfg.loader not in WORDS_FROM_DATA and len(cfg.label_words) < 2:
             raise UserError(f"task.label_words {list(cfg.label_words)} needs at least two words")
-        if len(set(cfg.label_words)) != len(cfg.label_words):
+        if cfg.loader != "custom" and len(set(cfg.label_words)) != len(cfg.label_words):  # custom names the classes
             raise UserError(f"task.label_words {list(cfg.label_words)} has duplicates; each class needs its own word")
     else:
         from promptrl.tasks.metrics import METRICS
@@ -111,6 +116,8 @@ def load_task(cfg, seed: int) -> Task:
         from promptrl.tasks.induction import load_instruction_induction as load
     elif cfg.loader == "bigbench":
         from promptrl.tasks.bigbench import load_bigbench as load
+    elif cfg.loader == "custom":
+        from promptrl.tasks.custom import load_custom as load
     else:
         from promptrl.tasks.qa import load_qa as load
     task = load(cfg, seed)

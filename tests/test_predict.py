@@ -1,0 +1,62 @@
+"""`promptrl predict`'s bookkeeping without a model: reading the inputs (labels optional), what
+a resumed run keeps from predictions.jsonl after a kill, and the CSV beside it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from promptrl.errors import UserError
+from promptrl.predict import append_rows, csv_text, read_inputs, rows_done
+from promptrl.tasks import Task
+
+
+def task(**kw):
+    return Task(name="toy", kind="classification", template="{prompt} {input}", label_words=[" thumbs down", " thumbs up"],
+                metric="accuracy", manual_prompt="", train=[], dev=[], test=[], label_names=["thumbs down", "thumbs up"], **kw)
+
+
+def cfg(path, **task_cfg):
+    return OmegaConf.create({"input_file": str(path), "task": {"input_field": "review", "text_field": "sentence",
+                                                               "label_field": "verdict", "target_field": None, **task_cfg}})
+
+
+def test_inputs_with_and_without_labels(tmp_path):
+    plain = tmp_path / "new.csv"
+    plain.write_text("review\na fine film\na dull film\n")
+    assert read_inputs(cfg(plain), task()) == [{"row": 1, "input": "a fine film", "gold": None},
+                                               {"row": 2, "input": "a dull film", "gold": None}]
+    labelled = tmp_path / "more.jsonl"
+    labelled.write_text('{"review": "fine", "verdict": "thumbs up"}\n{"review": "dull", "verdict": null}\n')
+    assert [r["gold"] for r in read_inputs(cfg(labelled), task())] == [1, None]  # a missing label: predicted, not scored
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,verdict\nfine,meh\n")
+    with pytest.raises(UserError, match=r"bad.csv row 1: label 'meh' is not a class of the task; expected one of"):
+        read_inputs(cfg(bad), task())
+    with pytest.raises(UserError, match=r"has no column 'review' \(task.input_field\); its columns are \['text'\]"):
+        (tmp_path / "cols.csv").write_text("text\nfine\n")
+        read_inputs(cfg(tmp_path / "cols.csv"), task())
+
+
+def test_a_resumed_run_keeps_whole_lines_and_refuses_other_inputs(tmp_path):
+    inputs = [{"row": i, "input": f"text {i}", "gold": None} for i in range(1, 6)]
+    path = tmp_path / "predictions.jsonl"
+    append_rows(path, [{"row": 1, "input": "text 1", "prediction": "a"}, {"row": 2, "input": "text 2", "prediction": "b"}])
+    with path.open("a") as f:
+        f.write('{"row": 3, "input": "te')  # a kill in the middle of a write
+    done = rows_done(path, inputs)
+    assert [d["row"] for d in done] == [1, 2] and path.read_text().endswith("}\n")
+    other = [{**r, "input": r["input"].upper()} for r in inputs]
+    with pytest.raises(UserError, match="holds row 1 for another input"):
+        rows_done(path, other)
+
+
+def test_the_csv_has_one_row_per_prediction_and_a_column_per_class():
+    rows = [{"row": 1, "input": "fine, really", "prediction": "thumbs up", "probabilities": {"thumbs down": 0.25, "thumbs up": 0.75},
+             "label": "thumbs up", "correct": True}]
+    text = csv_text(rows, task())
+    assert text.splitlines() == ["row,input,prediction,label,correct,p(thumbs down),p(thumbs up)",
+                                 '1,"fine, really",thumbs up,thumbs up,True,0.250000,0.750000']
+    assert json.loads(json.dumps(rows))  # what predictions.jsonl holds is plain JSON
