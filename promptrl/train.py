@@ -99,6 +99,7 @@ def run_train(cfg: DictConfig) -> dict:
         trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
                               budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
         resumed = bool(cfg.resume) and trainer.try_resume()
+        earlier_sessions = trainer.elapsed  # training time of the sessions before a resume
         config = OmegaConf.to_container(cfg, resolve=True)
         trainer.tracker = Tracker(out, cfg.logger, config, resume_step=trainer.step - 1 if resumed else None,
                                   identity=wandb_identity(config))
@@ -119,7 +120,7 @@ def run_train(cfg: DictConfig) -> dict:
         "label_words": task.label_words, "metric": task.metric, "category": task.category, **final, **trainer.summary(), "steps": trainer.step,
         "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
         "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
-        "train_time_s": trainer.elapsed, "wall_time_s": trainer.elapsed + (time.time() - start),
+        "train_time_s": trainer.elapsed, "wall_time_s": earlier_sessions + (time.time() - start),
     }
     write_json(out / "results.json", results)
     if final.get("best_prompt") is not None:  # TTE writes one prompt per input instead (tte_*_prompts.jsonl)

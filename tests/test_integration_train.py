@@ -1,6 +1,7 @@
 """`promptrl train` end to end on the embedded model, with a schedule small enough for CI."""
 
 import json
+import time
 
 import pytest
 
@@ -17,9 +18,12 @@ def train(shared_data, *args):
 
 def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_data):
     run = tmp_path / "run"
+    started = time.time()
     r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}")
+    seconds = time.time() - started
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((run / "results.json").read_text())
+    assert 0 < res["train_time_s"] <= res["wall_time_s"] <= seconds  # training counted once in the wall time
     for key in ("task", "target", "algo", "seed", "best_prompt", "dev_accuracy", "test_accuracy", "paper_test_accuracy",
                 "manual_test_accuracy", "empty_test_accuracy", "n_test", "target_calls", "target_tokens", "wall_time_s"):
         assert key in res, key
