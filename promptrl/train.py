@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
 from promptrl.rollouts import VLLMRollouts, check_gpu_memory, engine_lora_rank, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
-from promptrl.tracking import Tracker, atomic_write_text, print_table, run_dir, save_run_info, wandb_identity, write_json
+from promptrl.tracking import Tracker, atomic_write_text, print_table, redact, run_dir, save_run_info, wandb_identity, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,50 @@ def resolve_resume(resume: str, outputs: Path = Path("outputs")) -> Path:
     if not (path / "checkpoints").is_dir():
         raise UserError(f"resume={resume!r} is not a run directory with checkpoints/; expected a path or 'latest'")
     return path
+
+
+IGNORED_WHEN_RELAUNCHED = ("resume", "logger")  # how a run is watched, not what it computes
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The dotted keys at which two resolved configs differ."""
+    keys = sorted(set(saved) | set(current))
+    diffs = []
+    for k in keys:
+        a, b = saved.get(k), current.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            diffs.append(f"{prefix}{k}")
+    return diffs
+
+
+def earlier_launch(out: Path, cfg) -> str:
+    """What an earlier launch of this job left in its run directory: "finished" (results.json),
+    "interrupted" (checkpoints, no results: killed, or failed after a checkpoint) or "none".
+    This is what makes a sweep resumable: launched again over the same hydra.sweep.dir, each job
+    finds its own directory (hydra.sweep.subdir) and skips, resumes or starts. A directory whose
+    work came from a different config is an error, not overwritten: the sweep's order changed."""
+    has_results = (out / "results.json").is_file()
+    has_checkpoints = any((out / "checkpoints").glob("ckpt-*.pt"))
+    if (out / "failed.json").is_file():  # run it again; the record of the failure is kept aside
+        os.replace(out / "failed.json", out / "failed-earlier.json")
+    if not (has_results or has_checkpoints):
+        return "none"
+    saved_path = out / "config_resolved.yaml"
+    if not saved_path.is_file():
+        raise UserError(f"{out} holds results or checkpoints but no config_resolved.yaml; use a new run directory")
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    current = redact(OmegaConf.to_container(cfg, resolve=True))
+    for key in IGNORED_WHEN_RELAUNCHED:
+        saved.pop(key, None)
+        current.pop(key, None)
+    diffs = config_differences(saved, current)
+    if diffs:
+        shown = ", ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
+        raise UserError(f"{out} holds a run of a different config (differs at {shown}); launch with the same "
+                        "overrides in the same order, or with a new hydra.sweep.dir / hydra.run.dir")
+    return "finished" if has_results else "interrupted"
 
 
 def seed_everything(seed: int) -> None:
@@ -73,7 +119,15 @@ def run_train(cfg: DictConfig) -> dict:
         log.info("resuming run %s with its saved config", out)
         cfg = OmegaConf.merge(saved, {"resume": str(out)})
     else:
-        save_run_info(out, cfg)
+        earlier = earlier_launch(out, cfg)
+        if earlier == "finished":
+            log.info("%s already holds this run's results.json; skipped (a new run directory runs it again)", out)
+            return json.loads((out / "results.json").read_text())
+        if earlier == "interrupted":
+            log.info("%s holds this run's checkpoints from an earlier launch; resuming from them", out)
+            cfg = OmegaConf.merge(cfg, {"resume": str(out)})
+        else:
+            save_run_info(out, cfg)
     if cfg.budget.target_calls is not None and cfg.budget.target_calls <= 0:
         raise UserError(f"budget.target_calls={cfg.budget.target_calls}; expected a positive number or null")
     if cfg.checkpoint_every < 0:
