@@ -239,6 +239,11 @@ class AlgoBase:
     # ... and c_s, the weight of the mean probability margin p(gold) - max p(wrong), in [-1, 1].
     reward_margin_coef: float = 0.1
     queue_size: int = 5  # best prompts (by reward) kept for the final dev/test evaluation, >= 1
+    # The dev-selected prompt is tested against the better of the manual and the empty prompt on
+    # dev (one-sided exact sign test at baseline_alpha); a lead that is not significant is always
+    # reported. keep_baseline=true then hands back that baseline instead (off: the paper's rule).
+    keep_baseline: bool = False
+    baseline_alpha: float = 0.05
 
 
 @dataclass

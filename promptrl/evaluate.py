@@ -28,14 +28,17 @@ def prompts_to_evaluate(cfg: DictConfig, task: Task) -> dict[str, str]:
     return {"manual": task.manual_prompt, "empty": ""}
 
 
-def read_prompt_file(name: str) -> str:
-    """The whole file is one prompt (a train run's best_prompt.txt), without surrounding blanks."""
+def read_prompt_file(name: str, allow_empty: bool = False) -> str:
+    """The whole file is one prompt (a train run's best_prompt.txt), without surrounding blanks.
+    An empty file is the empty prompt where a run can hand it back (algo.keep_baseline)."""
     path = Path(name).expanduser()
     if not path.is_file():
         raise UserError(f"prompt_file {str(path)!r} does not exist")
     text = path.read_text(encoding="utf-8").strip()
-    if not text:
+    if not text and not allow_empty:
         raise UserError(f"prompt_file {str(path)!r} is empty; expected the prompt text")
+    if not text:
+        log.warning("prompt_file %s is empty: the template alone, with no instruction", path)
     return text
 
 
@@ -44,16 +47,45 @@ def metric_label(task: Task) -> str:
     return task.metric if task.is_generation else "acc"
 
 
-def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str]) -> list[dict]:
-    """Dev and test accuracy of each prompt; one batched scoring call per split."""
+def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str], keep_dev_correct: bool = False) -> list[dict]:
+    """Dev and test accuracy of each prompt; one batched scoring call per split. With
+    keep_dev_correct, each row also holds its per-example dev scores (for paired comparisons)."""
     dev = scorer.score(prompts, task.dev)
     crash_point("between-dev-and-test")
     test = scorer.score(prompts, task.test)
-    return [
+    rows = [
         {"prompt": p, "dev_accuracy": dev.accuracy[i].item(), "dev_margin": dev.margin[i].item(),
          "test_accuracy": test.accuracy[i].item(), "test_margin": test.margin[i].item()}
         for i, p in enumerate(prompts)
     ]
+    if keep_dev_correct:
+        for i, row in enumerate(rows):
+            row["dev_correct"] = dev.correct[i].tolist()
+    return rows
+
+
+def paired_sign_test(a: list[float], b: list[float]) -> tuple[int, int, float]:
+    """How often a beats b and b beats a on the same examples, and the one-sided exact sign-test
+    p-value of "a is better" (McNemar's exact test when the scores are 0/1). Ties carry no
+    information about which is better and are left out, as the test prescribes."""
+    from scipy.stats import binomtest
+
+    wins = sum(x > y for x, y in zip(a, b))
+    losses = sum(x < y for x, y in zip(a, b))
+    p = binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue if wins + losses else 1.0
+    return wins, losses, float(p)
+
+
+def guard_against_baselines(best: dict, baselines: dict[str, dict], alpha: float) -> dict:
+    """Is the dev-selected prompt significantly better on dev than the better of the manual and
+    the empty prompt? Dev holds a few dozen examples, so a lead of a few points is often noise,
+    and a prompt that won on dev can lose to no prompt at all on test (issue 19's natural-template run)."""
+    name, base = max(baselines.items(), key=lambda kv: (kv[1]["dev_accuracy"], kv[1]["dev_margin"]))
+    wins, losses, p = paired_sign_test(best["dev_correct"], base["dev_correct"])
+    return {"baseline": name, "dev_diff": best["dev_accuracy"] - base["dev_accuracy"], "wins": wins,
+            "losses": losses, "p_value": p, "significant": p < alpha,
+            "baseline_dev_accuracy": base["dev_accuracy"], "baseline_test_accuracy": base["test_accuracy"],
+            "baseline_prompt": base["prompt"]}
 
 
 def run_eval(cfg: DictConfig) -> dict:
@@ -95,16 +127,23 @@ def run_eval(cfg: DictConfig) -> dict:
     return results
 
 
-def final_evaluation(scorer: Scorer, task: Task, queue: list[dict]) -> dict:
+def final_evaluation(scorer: Scorer, task: Task, queue: list[dict], keep_baseline: bool = False,
+                     baseline_alpha: float = 0.05) -> dict:
     """Score the queued prompts (and the manual and empty prompts) on dev and test.
 
     The headline `test_accuracy` belongs to the queued prompt with the best *dev* accuracy (ties:
     dev margin, then training reward), so selection never sees test. `paper_test_accuracy` is the
     paper's protocol, the max over the queue on test, reported under its own name.
+
+    The selected prompt is then compared on dev, example by example, with the better of the
+    manual and the empty prompt (`guard`: a one-sided sign test). A lead that is not significant
+    at `baseline_alpha` is always said (a warning and results.json); with keep_baseline the run
+    then hands back the baseline instead. `guard_test_accuracy` is the test accuracy under that
+    rule whichever is chosen, so both rules are measured on every run.
     """
     queued = [q["prompt"] for q in queue]
     extra = [task.manual_prompt, ""]
-    rows = evaluate_prompts(scorer, task, queued + extra)
+    rows = evaluate_prompts(scorer, task, queued + extra, keep_dev_correct=True)
     for row, q in zip(rows, queue):
         row["train_reward"] = q.get("reward")
         row["step"] = q.get("step")
@@ -116,7 +155,23 @@ def final_evaluation(scorer: Scorer, task: Task, queue: list[dict]) -> dict:
     }
     if queue_rows:
         best = max(queue_rows, key=lambda r: (r["dev_accuracy"], r["dev_margin"], r["train_reward"] or 0.0))
+        guard = guard_against_baselines(best, {"manual": manual, "empty": empty}, baseline_alpha)
+        chosen_test = best["test_accuracy"] if guard["significant"] else guard["baseline_test_accuracy"]
         out.update(best_prompt=best["prompt"], prompt=best["prompt"], dev_accuracy=best["dev_accuracy"],
                    test_accuracy=best["test_accuracy"],
-                   paper_test_accuracy=max(r["test_accuracy"] for r in queue_rows))
+                   paper_test_accuracy=max(r["test_accuracy"] for r in queue_rows),
+                   guard=guard, guard_test_accuracy=chosen_test)
+        if not guard["significant"]:
+            verdict = (f"the dev-selected prompt is not significantly better on dev than the {guard['baseline']} prompt "
+                       f"({guard['dev_diff']:+.3f}, {guard['wins']} wins / {guard['losses']} losses, "
+                       f"sign test p={guard['p_value']:.3f} >= {baseline_alpha})")
+            if keep_baseline:
+                log.warning("%s; keeping the %s prompt (algo.keep_baseline=true)", verdict, guard["baseline"])
+                out.update(best_prompt=guard["baseline_prompt"], prompt=guard["baseline_prompt"],
+                           dev_accuracy=guard["baseline_dev_accuracy"], test_accuracy=chosen_test,
+                           kept_baseline=guard["baseline"])
+            else:
+                log.warning("%s; it is handed back anyway (algo.keep_baseline=true would keep the baseline)", verdict)
+    for row in rows:
+        row.pop("dev_correct")  # per-example lists are for the test above, not for results.json
     return out

@@ -147,7 +147,7 @@ def run_predict(cfg: DictConfig) -> dict:
         raise UserError(f"batch_size={cfg.batch_size}; expected a positive number of inputs per scoring call")
     if not cfg.prompt_file:
         raise UserError("promptrl predict needs prompt_file=PATH, e.g. a train run's best_prompt.txt")
-    prompt = read_prompt_file(cfg.prompt_file)
+    prompt = read_prompt_file(cfg.prompt_file, allow_empty=True)  # a run that kept the empty prompt
     task = load_task(cfg.task, cfg.seed)  # the classes and label words the prompt was tuned with
     inputs = read_inputs(cfg, task)
     path = out / PREDICTIONS

@@ -34,6 +34,8 @@ from promptrl.tracking import Tracker
 def check_common(cfg) -> None:
     if cfg.queue_size < 1:
         raise UserError(f"algo.queue_size={cfg.queue_size}; expected an integer >= 1")
+    if not 0 < cfg.baseline_alpha < 1:
+        raise UserError(f"algo.baseline_alpha={cfg.baseline_alpha}; expected a significance level in (0, 1), e.g. 0.05")
     for key in ("reward_acc_coef", "reward_margin_coef"):
         if not math.isfinite(cfg[key]):
             raise UserError(f"algo.{key}={cfg[key]}; expected a finite number")
@@ -105,7 +107,7 @@ class PromptOptimizer:
     def evaluate_final(self) -> dict:
         """The run's final numbers on dev and test (promptrl.evaluate.final_evaluation: the queue,
         the manual and the empty prompt); TTE overrides it with one prompt per input."""
-        return final_evaluation(self.scorer, self.task, self.queue.items)
+        return final_evaluation(self.scorer, self.task, self.queue.items, self.cfg.keep_baseline, self.cfg.baseline_alpha)
 
     def progress_info(self, row: dict) -> str:
         fmt = lambda k: f"{float(row.get(k, math.nan)):.3f}"
