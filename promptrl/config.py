@@ -289,6 +289,10 @@ class APPOConfig(AlgoBase):
     kl_horizon: float = 10000.0  # the adaptive controller's horizon in samples: larger = slower changes of beta
     whiten_advantages: bool = True  # normalise advantages to zero mean, unit variance per step
     max_grad_norm: Optional[float] = None  # clip the gradient to this L2 norm; null = no clipping
+    # Queue admission: false (the paper) offers each prompt to the queue with its reward on the
+    # step's batch; true re-scores it on the whole training split first (the batch's scorings
+    # come from the cache), so one lucky batch cannot put a prompt in the queue.
+    queue_rescore: bool = False
 
 
 @dataclass

@@ -329,3 +329,23 @@ def test_mixed_precision_agent_keeps_trainables_in_fp32_and_samples_with_its_ada
             got = agent.model(input_ids=ids).logits
     assert not torch.allclose(want.float(), base.float(), atol=1e-2)
     assert torch.equal(got, want), "sampling in bf16 must use the adapter, not the base model"
+
+
+def test_queue_rescore_admits_prompts_with_their_reward_on_all_of_train(tmp_path):
+    from promptrl.scoring import reward
+
+    trainer = make_trainer(tmp_path, queue_rescore=True, reference="base", queue_size=20)
+    torch.manual_seed(0)
+    start(trainer, tmp_path).run()
+    task, cfg = trainer.task, trainer.cfg
+    assert trainer.scorer.calls == APPOTrainer.planned_calls(cfg, task) == 4 * 3 * (4 + len(TEXTS))
+    queued = trainer.queue.items
+    full = reward(trainer.scorer.score([q["prompt"] for q in queued], task.train), cfg.reward_acc_coef, cfg.reward_margin_coef)
+    assert [q["reward"] for q in queued] == pytest.approx(full.tolist(), abs=1e-5)
+    # without it the queue holds batch rewards, which differ from the full-train ones here
+    plain = make_trainer(tmp_path / "plain", reference="base", queue_size=20)
+    torch.manual_seed(0)
+    start(plain, tmp_path / "plain").run()
+    assert plain.scorer.calls == APPOTrainer.planned_calls(plain.cfg, task) == 4 * 3 * 4
+    rescored = reward(plain.scorer.score(plain.queue.prompts, task.train), cfg.reward_acc_coef, cfg.reward_margin_coef)
+    assert [q["reward"] for q in plain.queue.items] != pytest.approx(rescored.tolist(), abs=1e-5)

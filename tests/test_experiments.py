@@ -60,11 +60,11 @@ def test_slurm_launcher_composes_with_a_paper_experiment():
 def test_study_arms_differ_only_in_the_optimiser_and_the_natural_template():
     cfg = composed("experiment=study_sst2")
     grid = sweep(cfg)
-    assert set(grid["+arm"]) == {"appo", "ppo", "ppo_original", "ape", "appo_natural"} and grid["seed"] == ["0", "1", "2"]
+    assert set(grid["+arm"]) == {"appo", "ppo", "ppo_original", "ape", "appo_natural", "appo_rescore"} and grid["seed"] == ["0", "1", "2"]
     arms = {arm: composed("experiment=study_sst2", f"+arm={arm}") for arm in grid["+arm"]}
     assert {a: (c.algo.name, c.algo.get("reference")) for a, c in arms.items()} == {
         "appo": ("appo", "anchor"), "ppo": ("ppo", "base"), "ppo_original": ("ppo_original", "previous"),
-        "ape": ("ape", None), "appo_natural": ("appo", "anchor")}
+        "ape": ("ape", None), "appo_natural": ("appo", "anchor"), "appo_rescore": ("appo", "anchor")}
     same = lambda c, *keys: OmegaConf.to_container(OmegaConf.masked_copy(c, list(keys)), resolve=True)
     ref = same(arms["appo"], "agent", "target", "checkpoint_every", "budget")
     for arm, c in arms.items():  # one agent (learning rate included), target and budget for every arm
@@ -73,6 +73,6 @@ def test_study_arms_differ_only_in_the_optimiser_and_the_natural_template():
     for arm, c in rl.items():  # the paper's schedule, identical across the RL arms
         assert (c.algo.epochs, c.algo.update_term, c.algo.learning_rate) == (100, 5, 1e-4), arm
         assert same(c, "algo") == {"algo": {**same(arms["appo"], "algo")["algo"], "name": c.algo.name,
-                                            "reference": c.algo.reference}}, arm
+                                            "reference": c.algo.reference, "queue_rescore": arm == "appo_rescore"}}, arm
     assert arms["appo_natural"].task.template == "{prompt}\n\nReview: {input}\nSentiment:"
     assert same(arms["ape"], "task") == same(arms["appo"], "task") != same(arms["appo_natural"], "task")

@@ -3,6 +3,7 @@ per-input anchor check and the final one-prompt-per-input evaluation."""
 
 import json
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -90,3 +91,13 @@ def test_score_pairs_matches_the_diagonal_of_score(tmp_path):
     diag = torch.stack([full.label_logprobs[i, i] for i in range(4)])
     assert torch.equal(pairs.label_logprobs[0], diag)
     assert pairs.accuracy.item() == full.correct.diagonal().mean().item()
+
+
+def test_queue_rescore_is_refused_for_tte():
+    from omegaconf import OmegaConf
+
+    from promptrl.config import TTEConfig
+    from promptrl.errors import UserError
+
+    with pytest.raises(UserError, match="algo.queue_rescore=true is not for tte"):
+        TTETrainer.check_config(OmegaConf.merge(OmegaConf.structured(TTEConfig), {"queue_rescore": True}))

@@ -81,12 +81,18 @@ class APPOTrainer(PromptOptimizer):
         if not torch.isfinite(rewards).all():
             log.warning("step %d: non-finite reward %s; step skipped", self.step, rewards.tolist())
             return {**row, "skipped": "non-finite reward"}
-        for prompt, r in zip(samples.prompts, rewards.tolist()):
+        for prompt, r in zip(samples.prompts, self.admission_rewards(samples.prompts, rewards).tolist()):
             self.queue.offer(prompt, r, self.step)
         crash_point("mid-step")
         row.update(self.update(samples, rewards))
         row.update(time_generate=t1 - t0, time_score=t2 - t1, time_update=time.time() - t2)
         return row
+
+    def admission_rewards(self, prompts: list[str], batch_rewards: torch.Tensor) -> torch.Tensor:
+        """The rewards prompts enter the queue with; the PPO update always uses the batch's."""
+        if not self.cfg.queue_rescore:
+            return batch_rewards
+        return self.score_prompts(prompts, self.task.train)[0]
 
     def reference_adapter(self) -> str:
         return BASE if self.cfg.reference == "base" else ANCHOR
@@ -142,7 +148,10 @@ class APPOTrainer(PromptOptimizer):
         # every epoch scores prompts_per_step prompts on each training example once; a check
         # follows every update_term-th epoch but the last (anchor_check_matters)
         checks = (cfg.epochs - 1) // cfg.update_term
-        return cfg.epochs * cfg.prompts_per_step * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
+        per_epoch = cfg.prompts_per_step * len(task.train)
+        if cfg.get("queue_rescore"):  # each step's prompts once more on all of train
+            per_epoch += math.ceil(len(task.train) / cfg.batch_size) * cfg.prompts_per_step * len(task.train)
+        return cfg.epochs * per_epoch + checks * cls.check_calls(cfg, len(task.dev))
 
     @staticmethod
     def check_calls(cfg, n_dev: int) -> int:

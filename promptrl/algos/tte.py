@@ -18,6 +18,7 @@ import torch
 
 from promptrl.agent import ANCHOR, POLICY
 from promptrl.algos.appo import APPOTrainer
+from promptrl.errors import UserError
 from promptrl.evaluate import evaluate_prompts
 from promptrl.prompts import format_demos, tte_message
 from promptrl.tasks import Example
@@ -52,6 +53,13 @@ class TTETrainer(APPOTrainer):
 
     def anchor_check_matters(self) -> bool:
         return True  # the final policy writes the test prompts, so the last check can change them
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if cfg.queue_rescore:
+            raise UserError("algo.queue_rescore=true is not for tte: its instructions are written for one input each; "
+                            "expected false (use it with appo or ppo)")
 
     @classmethod
     def planned_calls(cls, cfg, task) -> int:
