@@ -243,7 +243,7 @@ class AlgoBase:
     # dev (one-sided exact sign test at baseline_alpha); a lead that is not significant is always
     # reported. keep_baseline=true then hands back that baseline instead (off: the paper's rule).
     keep_baseline: bool = False
-    baseline_alpha: float = 0.05
+    baseline_alpha: float = 0.05  # the sign test's significance level, in (0, 1)
 
 
 @dataclass
