@@ -1,8 +1,10 @@
-"""`promptrl report`: compare finished runs — a table of mean ± std over seeds, CSV/Markdown, plots.
+"""`promptrl report`: compare finished runs — means with 95% intervals over seeds, a paired
+comparison of two methods, CSV/Markdown, plots.
 
 A run is any directory with a `results.json` (and, for plots, `metrics.jsonl`); `failed.json`
 marks a sweep job that failed. Runs are grouped by config keys (default `task.name algo.name`),
-read from each run's `config_resolved.yaml`.
+read from each run's `config_resolved.yaml`, else from the job's Hydra overrides
+(`.hydra/overrides.yaml`), so a group chosen on the command line (`+arm=appo`) groups too.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from promptrl.errors import UserError
+from promptrl.stats import paired_comparison, t_interval
 
 DEFAULT_BY = ["task.name", "algo.name"]
 METRICS = [  # (results.json key, column title, scale)
     ("test_accuracy", "test acc", 1.0),  # of the dev-selected prompt
+    ("guard_test_accuracy", "guard acc", 1.0),  # the baseline kept unless the prompt is significantly better on dev
     ("paper_test_accuracy", "paper acc", 1.0),  # max over the queue on test (the paper's protocol)
     ("manual_test_accuracy", "manual acc", 1.0),
+    ("empty_test_accuracy", "empty acc", 1.0),
     ("target_calls", "calls", 1.0),
     ("wall_time_s", "wall min", 1 / 60),
 ]
@@ -36,10 +41,14 @@ class Run:
     config: dict
     results: dict | None  # None: the job failed
     rows: list[dict] = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # the job's Hydra overrides, `+`/`++` stripped
+
+    def value(self, key: str):
+        found = OmegaConf.select(OmegaConf.create(self.config), key, default=None)
+        return self.overrides.get(key) if found is None else found
 
     def key(self, by: list[str]) -> tuple:
-        cfg = OmegaConf.create(self.config)
-        return tuple(str(OmegaConf.select(cfg, k, default=None)) for k in by)
+        return tuple(str(self.value(k)) for k in by)
 
 
 def find_runs(patterns: list[str]) -> list[Run]:
@@ -67,7 +76,13 @@ def load_run(d: Path) -> Run:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
                 continue  # a torn last line of a killed run
-    return Run(d, config, results, rows)
+    overrides = {}
+    if (d / ".hydra" / "overrides.yaml").is_file():
+        for item in OmegaConf.load(d / ".hydra" / "overrides.yaml") or []:
+            name, sep, val = str(item).partition("=")
+            if sep and not name.startswith("~"):
+                overrides[name.lstrip("+")] = val
+    return Run(d, config, results, rows, overrides)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -89,23 +104,79 @@ def summarize(runs: list[Run], by: list[str]) -> list[dict]:
         for name, _, scale in METRICS:
             vals = [float(r[name]) * scale for r in done if r.get(name) is not None]
             row[f"{name}_mean"], row[f"{name}_std"] = mean_std(vals)
+            _, row[f"{name}_ci_low"], row[f"{name}_ci_high"] = t_interval(vals)
         table.append(row)
     return table
 
 
-def fmt(mean: float, std: float, name: str) -> str:
+def fmt(row: dict, name: str) -> str:
+    """Accuracies as `mean [95% t-interval]` (the interval needs two seeds); cost as mean."""
+    mean = row[f"{name}_mean"]
     if math.isnan(mean):
         return "-"
-    if name in ("target_calls",):
+    if name == "target_calls":
         return f"{mean:.0f}"
-    digits = 1 if name == "wall_time_s" else 3
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if name == "wall_time_s":
+        return f"{mean:.1f}"
+    lo, hi = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+    return f"{mean:.3f}" if math.isnan(lo) else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def table_cells(table: list[dict], by: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = [k.split(".")[0] if k.endswith(".name") else k for k in by] + ["runs", "failed"] + [t for _, t, _ in METRICS]
+    shown = [(n, t) for n, t, _ in METRICS if any(not math.isnan(row[f"{n}_mean"]) for row in table)]
+    header = [k.split(".")[0] if k.endswith(".name") else k for k in by] + ["runs", "failed"] + [t for _, t in shown]
     cells = [[str(row[k]) for k in by] + [str(row["runs"]), str(row["failed"])]
-             + [fmt(row[f"{n}_mean"], row[f"{n}_std"], n) for n, _, _ in METRICS] for row in table]
+             + [fmt(row, n) for n, _ in shown] for row in table]
+    return header, cells
+
+
+def markdown(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
+
+
+COMPARED = ["test_accuracy", "guard_test_accuracy", "paper_test_accuracy"]
+
+
+def compare(runs: list[Run], by: list[str], spec: str) -> list[dict]:
+    """`KEY=A,B`: A - B on each accuracy over the seeds both have, within each group of the other
+    `--by` keys (e.g. per task). A seed that only one side has is left out and counted."""
+    key, sep, values = spec.partition("=")
+    sides = [v.strip() for v in values.split(",")]
+    if not sep or len(sides) != 2 or not all(sides) or not key.strip():
+        raise UserError(f"report: --compare {spec!r} must be KEY=A,B (e.g. algo.name=appo,ppo or arm=appo,ape)")
+    key = key.strip()
+    rest = [k for k in by if k != key]
+    found = {str(r.value(key)) for r in runs}
+    missing = [s for s in sides if s not in found]
+    if missing:
+        raise UserError(f"report: --compare {key}={missing[0]!r} matches no run; {key} takes {sorted(found)}")
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in runs:
+        side = str(r.value(key))
+        if r.results is not None and side in sides:
+            cells.setdefault(r.key(rest), {}).setdefault(side, {})[str(r.value("seed"))] = r.results
+    out = []
+    for group in sorted(cells):
+        a, b = cells[group].get(sides[0], {}), cells[group].get(sides[1], {})
+        seeds = sorted(set(a) & set(b), key=lambda s: (len(s), s))
+        for name in COMPARED:
+            pairs = [(a[s][name], b[s][name]) for s in seeds if a[s].get(name) is not None and b[s].get(name) is not None]
+            if not pairs:
+                continue
+            c = paired_comparison([float(x) for x, _ in pairs], [float(y) for _, y in pairs])
+            out.append({**dict(zip(rest, group)), "metric": name, "a": f"{key}={sides[0]}", "b": f"{key}={sides[1]}",
+                        "a_mean": statistics.fmean(x for x, _ in pairs), "b_mean": statistics.fmean(y for _, y in pairs),
+                        "unpaired": len(set(a) ^ set(b)), **vars(c)})
+    return out
+
+
+def compare_cells(rows: list[dict], rest: list[str]) -> tuple[list[str], list[list[str]]]:
+    header = rest + ["metric", "pairs", "a", "b", "a - b [95% t]", "wins/ties/losses", "paired t p", "Wilcoxon p", "sign p"]
+    p = lambda v: "-" if math.isnan(v) else f"{v:.3f}"
+    cells = [[str(r[k]) for k in rest] + [r["metric"], str(r["n"]), f"{r['a_mean']:.3f}", f"{r['b_mean']:.3f}",
+             f"{r['mean_diff']:+.3f}" + ("" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"),
+             f"{r['wins']}/{r['ties']}/{r['losses']}", p(r["t_p"]), p(r["wilcoxon_p"]), p(r["sign_p"])] for r in rows]
     return header, cells
 
 
@@ -115,10 +186,7 @@ def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    header, cells = table_cells(table, by)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(c) + " |" for c in cells]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / "report.md").write_text(markdown(*table_cells(table, by)))
 
 
 def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False):
@@ -158,7 +226,11 @@ def plot(runs: list[Run], by: list[str], out: Path) -> list[Path]:
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
     for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
-                                       ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png")]:
+                                       ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png"),
+                                       ("response_len", "step", "mean response length (tokens)", "response_len.png"),
+                                       ("entropy", "step", "policy entropy (nats/token)", "entropy.png")]:
+        if not any(row.get(y_key) is not None for members in groups.values() for r in members for row in r.rows):
+            continue  # APE and OPRO have no policy: no response-length or entropy rows
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for label, members in groups.items():
             xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=y_key == "best_reward")
@@ -243,23 +315,40 @@ def main(argv: list[str]) -> int:
                         help="comma-separated config keys to group by (default: task.name,algo.name)")
     parser.add_argument("--out", help="where report.csv, report.md and the PNGs go (default: <first path>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead of (or besides) disk")
+    parser.add_argument("--compare", metavar="KEY=A,B",
+                        help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
+                             "(within each group of the other --by keys); writes compare.csv and compare.md")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     runs = (find_runs(args.paths) if args.paths else []) + (wandb_runs(args.wandb) if args.wandb else [])
-    unknown = [k for k in by if all(OmegaConf.select(OmegaConf.create(r.config), k, default=None) is None for r in runs)]
+    unknown = [k for k in by if all(r.value(k) is None for r in runs)]
     if unknown:
-        raise UserError(f"report: --by key(s) {unknown} are in no run's config; e.g. task.name, algo.name, seed, algo.reference")
+        raise UserError(f"report: --by key(s) {unknown} are in no run's config or overrides; e.g. task.name, algo.name, seed, "
+                        "algo.reference, or a group set on the command line such as arm")
     table = summarize(runs, by)
     out = Path(args.out) if args.out else (Path(glob.glob(args.paths[0])[0]) if args.paths else Path("report")) / "report"
     write_outputs(table, by, out)
     from promptrl.tracking import print_table
 
     header, cells = table_cells(table, by)
-    print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean ± std over runs)", header, cells)
+    print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean [95% Student-t interval] over runs)", header, cells)
     written = [out / "report.csv", out / "report.md"]
+    if args.compare:
+        rows = compare(runs, by, args.compare)
+        if not rows:
+            raise UserError(f"report: --compare {args.compare!r}: the two sides share no seed with results")
+        rest = [k for k in by if k != args.compare.partition("=")[0].strip()]
+        with (out / "compare.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        c_header, c_cells = compare_cells(rows, rest)
+        (out / "compare.md").write_text(markdown(c_header, c_cells))
+        print_table(f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)", c_header, c_cells)
+        written += [out / "compare.csv", out / "compare.md"]
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -92,7 +93,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*[f"{v:.4f}" if isinstance(v, float) else str(v) for v in r])
-    Console().print(table)
+    # piped output (logs, CI, tests) has no width to fit: keep wide tables whole rather than fold every cell
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 class Tracker:

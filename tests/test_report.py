@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import statistics
 
@@ -67,7 +68,8 @@ def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     assert float(rows["appo"]["test_accuracy_mean"]) == pytest.approx(0.75)
     assert float(rows["appo"]["test_accuracy_std"]) == pytest.approx(statistics.stdev([0.7, 0.8]))
     assert rows["appo"]["runs"] == "2" and rows["ape"]["runs"] == "1" and rows["ape"]["failed"] == "1"
-    assert "0.750 ± 0.071" in (sweep / "report" / "report.md").read_text()
+    # t-interval of two seeds: 0.75 ± t(0.975, 1) · 0.0707 / √2 = 0.75 ± 0.635
+    assert "0.750 [0.115, 1.385]" in (sweep / "report" / "report.md").read_text()
     for name in ("reward.png", "best_reward_vs_calls.png", "dev_accuracy.png"):
         assert_valid_png(sweep / "report" / name)
     by_seed = run_cli("report", str(sweep), "--by", "seed", "--no-plots", "--out", str(tmp_path / "by-seed"))
@@ -169,3 +171,51 @@ def test_sweep_jobs_share_a_wandb_group_and_carry_tags():
         HydraConfig.instance().cfg = None
     assert identity == {"tags": ["sst2", "ape", "agent=smollm2-135m", "target=smollm2-135m"],
                         "group": "outputs/multirun/2026-11-22/10-00-00", "name": "algo=ape,seed=1"}
+
+
+def test_t_interval_and_paired_comparison_match_hand_computed_values():
+    from promptrl.stats import paired_comparison, t_interval
+
+    # differences 0.10, 0.05, -0.01, 0.12: mean 0.065, sd 0.058023, se 0.029011, t(0.975, 3) = 3.182446
+    mean, lo, hi = t_interval([0.10, 0.05, -0.01, 0.12])
+    assert (mean, lo, hi) == pytest.approx((0.065, 0.065 - 0.092326, 0.065 + 0.092326), abs=1e-5)
+    c = paired_comparison([0.80, 0.75, 0.70, 0.72], [0.70, 0.70, 0.71, 0.60])
+    assert (c.n, c.wins, c.ties, c.losses) == (4, 3, 0, 1)
+    assert c.mean_diff == pytest.approx(0.065) and (c.ci_low, c.ci_high) == pytest.approx((lo, hi))
+    assert c.t_p == pytest.approx(0.1109, abs=5e-4)  # t = 2.2405 on 3 degrees of freedom
+    assert c.wilcoxon_p == pytest.approx(0.25)  # exact: W- = 1 (the rank of |-0.01|); P(W <= 1) = 2/16, two-sided
+    assert c.sign_p == pytest.approx(10 / 16)  # 3 wins of 4: P(X <= 1) + P(X >= 3) under Binomial(4, 1/2)
+    assert math.isnan(t_interval([0.5])[1]) and paired_comparison([0.6, 0.6], [0.5, 0.5]).t_p == 0.0
+
+
+def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
+    """Study arms differ by a group chosen on the command line (+arm=...), not by algo.name: the
+    report groups and pairs by it, and leaves out a seed only one arm has."""
+    sweep = tmp_path / "study"
+    accs = {"appo": [0.80, 0.75, 0.70, 0.72], "ppo": [0.70, 0.70, 0.71, 0.60, 0.9]}
+    for arm, values in accs.items():
+        for seed, acc in enumerate(values):
+            d = sweep / f"+arm={arm},seed={seed}"
+            rows = [{"step": s, "reward_mean": acc + s, "best_reward": acc + s, "target_calls": 64 * (s + 1),
+                     "response_len": 30.0 - 10 * s, "entropy": 4.0 - s} for s in range(3)]
+            fake_run(d, "appo", seed, acc, 1024, rows)
+            (d / ".hydra").mkdir()
+            (d / ".hydra" / "overrides.yaml").write_text(f"- +arm={arm}\n- seed={seed}\n- experiment=study_sst2\n")
+    r = run_cli("report", str(sweep), "--by", "task.name,arm", "--compare", "arm=appo,ppo")
+    assert r.returncode == 0, r.stderr
+    report = {row["arm"]: row for row in csv.DictReader((sweep / "report" / "report.csv").open())}
+    assert report["appo"]["runs"] == "4" and report["ppo"]["runs"] == "5"
+    assert float(report["appo"]["test_accuracy_ci_low"]) == pytest.approx(0.7425 - 3.182446 * statistics.stdev(accs["appo"]) / 2, abs=1e-5)
+    rows = {row["metric"]: row for row in csv.DictReader((sweep / "report" / "compare.csv").open())}
+    test = rows["test_accuracy"]
+    assert test["n"] == "4" and test["unpaired"] == "1" and test["task.name"] == "sst2"  # seed 4 has no appo run
+    assert float(test["mean_diff"]) == pytest.approx(0.065) and float(test["t_p"]) == pytest.approx(0.1109, abs=5e-4)
+    assert float(test["wilcoxon_p"]) == pytest.approx(0.25) and (test["wins"], test["losses"]) == ("3", "1")
+    md = (sweep / "report" / "compare.md").read_text()
+    assert "+0.065 [-0.027, +0.157]" in md and "3/0/1" in md
+    for name in ("response_len.png", "entropy.png"):
+        assert_valid_png(sweep / "report" / name)
+    bad = run_cli("report", str(sweep), "--by", "arm", "--compare", "arm=appo,ape", "--no-plots")
+    assert bad.returncode == 2 and "arm='ape' matches no run" in bad.stderr and "['appo', 'ppo']" in bad.stderr
+    malformed = run_cli("report", str(sweep), "--compare", "arm=appo", "--no-plots")
+    assert malformed.returncode == 2 and "must be KEY=A,B" in malformed.stderr
