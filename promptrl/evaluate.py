@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -90,7 +91,12 @@ def guard_against_baselines(best: dict, baselines: dict[str, dict], alpha: float
 
 def run_eval(cfg: DictConfig) -> dict:
     start = time.time()
+    from promptrl.train import earlier_launch  # train imports this module
+
     out = run_dir()
+    if earlier_launch(out, cfg) == "finished":  # an eval sweep launched again skips its finished jobs
+        log.info("%s already holds this evaluation's results.json; skipped (a new run directory runs it again)", out)
+        return json.loads((out / "results.json").read_text())
     save_run_info(out, cfg)
     torch.manual_seed(cfg.seed)
     task = load_task(cfg.task, cfg.seed)

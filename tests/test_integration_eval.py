@@ -52,6 +52,13 @@ def test_eval_cli_on_sst2_writes_results(tmp_path, shared_data):
     res2 = json.loads((tmp_path / "again" / "results.json").read_text())
     assert res2["cache_misses"] == 0 and res2["cache_hits"] == res2["target_calls"] == res["target_calls"]
     assert res2["target_tokens"] == 0 and res2["prompts"] == res["prompts"]
+    # launched again into the first run's directory (an eval sweep relaunched): skipped, results kept
+    before = (tmp_path / "results.json").read_bytes()
+    relaunch = eval_cli(shared_data, "target=smollm2-135m", "task.max_test_examples=64", f"hydra.run.dir={tmp_path}")
+    assert relaunch.returncode == 0 and "skipped" in relaunch.stderr + relaunch.stdout
+    assert (tmp_path / "results.json").read_bytes() == before
+    other = eval_cli(shared_data, "target=smollm2-135m", "task.max_test_examples=32", f"hydra.run.dir={tmp_path}")
+    assert other.returncode != 0 and "different config" in other.stderr and "task.max_test_examples" in other.stderr
 
 
 def test_multi_token_label_words_are_scored_on_a_builtin_task(tmp_path, shared_data):
