@@ -434,6 +434,9 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between checkpoints in the run directory (>= 0; 0 = never, no resume)
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint; null = a new run
     cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"  # converted models and the score cache
+    # The results.json key the run returns to its sweeper, e.g. dev_accuracy: the objective of
+    # hydra/sweeper=optuna (conf/experiment/search_appo_sst2.yaml); null = the whole results.
+    optimized_metric: Optional[str] = None
 
 
 def register_configs() -> None:
