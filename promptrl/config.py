@@ -371,7 +371,7 @@ class GEPAConfig(AlgoBase):
     # largest reward, c_a + c_s: never with the margin term, as margins stay below 1).
     skip_perfect_score: bool = True
     use_merge: bool = False  # GEPA's system-aware merge of two Pareto candidates
-    max_merge_invocations: int = 5
+    max_merge_invocations: int = 5  # use_merge=true: at most this many merges
     # The reflection prompt (GEPA's <curr_param> and <side_info> placeholders); null = GEPA's own.
     reflection_prompt_template: Optional[str] = None
     # The start of the agent's answer: GEPA reads the new instruction from a ``` block.

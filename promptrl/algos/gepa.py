@@ -35,8 +35,6 @@ from promptrl.errors import UserError
 from promptrl.scoring import ClassificationScores, GenerationScores, reward, reward_range
 from promptrl.tasks import Example, Task
 
-log = logging.getLogger(__name__)
-
 COMPONENT = "instruction"  # the one text component GEPA evolves
 SELECTIONS = ("pareto", "current_best", "epsilon_greedy", "top_k_pareto")
 
@@ -209,7 +207,8 @@ class Rows:
 
 
 class GEPALogger:
-    """GEPA's progress lines go to promptrl's log file, not the console."""
+    """GEPA's progress lines (proposals, scores) go to the run's log file, not the console: a
+    library logger, which conf/hydra/job_logging/promptrl.yaml routes to the file only."""
 
     def log(self, message: str) -> None:
-        log.debug("%s", message)
+        logging.getLogger("gepa").info("%s", message)
