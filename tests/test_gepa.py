@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 from test_baselines import QualityScorer, ScriptedAgent
 
@@ -92,14 +91,17 @@ def test_gepa_needs_a_budget_and_checks_its_settings(tmp_path):
 
 @pytest.mark.slow
 def test_train_algo_gepa_on_the_embedded_model_within_budget(tmp_path, shared_data):
+    """The seed on GEPA's Pareto set (SST-2's 32 training examples), then GEPA iterations until the
+    budget: one or two reflections of the embedded agent, the final evaluation and results.json."""
     run = tmp_path / "run"
-    r = run_cli("train", "algo=gepa", "task=sst2", "budget.target_calls=96", "agent.max_new_tokens=24",
+    r = run_cli("train", "algo=gepa", "task=sst2", "budget.target_calls=40", "agent.max_new_tokens=16", "algo.queue_size=2",
                 "task.max_test_examples=16", "logger.progress=false", f"hydra.run.dir={run}", data=shared_data)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((run / "results.json").read_text())
-    assert res["algo"] == "gepa" and res["budget_target_calls"] == 96
-    per_iteration = 2 * 3 + 32  # two minibatch scorings and the Pareto set (SST-2's 32 training examples)
-    assert 96 <= res["target_calls"] <= 96 + per_iteration and res["target_calls"] == res["gepa_metric_calls"]
-    assert res["reflections"] >= 1 and res["best_prompt"] is not None and "test_accuracy" in res
-    assert (run / "metrics.jsonl").read_text().strip()
-    assert torch.isfinite(torch.tensor(res["dev_accuracy"]))
+    assert res["algo"] == "gepa" and res["budget_target_calls"] == 40
+    per_iteration = 2 * 3 + 32  # two minibatch scorings and the Pareto set
+    assert 40 <= res["target_calls"] <= 40 + per_iteration and res["target_calls"] == res["gepa_metric_calls"]
+    assert res["reflections"] >= 1 and res["best_prompt"] is not None and 0 <= res["test_accuracy"] <= 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == res["steps"] >= 1 and rows[-1]["target_calls"] == res["target_calls"]
+    assert "Proposed new text for instruction" in (run / "train.log").read_text()  # GEPA's own log, in the file

@@ -12,7 +12,7 @@ from conftest import run_cli
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
 
 
-@pytest.mark.slow
+# the tiny model, not the embedded one: not `slow` (about a minute)
 def test_a_two_trial_study_on_a_tiny_model_returns_the_dev_score(tmp_path, shared_data, tiny_dir):  # noqa: F811
     sweep = tmp_path / "study"
     r = run_cli("train", "-m", "experiment=search_appo_sst2", *tiny(tiny_dir, tmp_path / "cache"), "hydra.sweeper.n_trials=2",

@@ -73,7 +73,7 @@ def test_time_estimate_is_the_median_rate_of_matching_earlier_runs(tmp_path):
     assert estimate_seconds(other, {"train": 10, "final": 20}, earlier_runs(tmp_path)) == (None, 0)
 
 
-@pytest.mark.slow
+# the tiny model, not the embedded one: not `slow` (about a minute)
 def test_planned_calls_are_what_runs_report(tmp_path, shared_data, tiny_dir, monkeypatch):
     """The plan's training calls equal results.json's target_calls: APPO stopped by the budget
     after an anchor check, PPO by its schedule (one sweep, planned job by job), APE by the budget.
