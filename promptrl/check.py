@@ -207,7 +207,7 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
     known = [j["seconds"] for j in jobs if j["seconds"] is not None]
     total_s = (max(known) * trials if trials else sum(known)) if known else None
     total_time = duration(total_s) if len(known) == len(jobs) else f">= {duration(total_s)} ({len(known)} of {len(jobs)} timed)"
-    table.add_row(f"total ({count} {'trials, at most' if trials else 'jobs'})", "", "", str(total_calls),
+    table.add_row(f"total ({count} {'trials, at most' if trials else 'job' if count == 1 else 'jobs'})", "", "", str(total_calls),
                   total_time if known else "?", end_section=True)
     console.print(table)
     if trials:
