@@ -9,9 +9,14 @@ a run that gets past its data.
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections import Counter
+from pathlib import Path
 
+from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -57,24 +62,163 @@ def label_table(task: Task, tokenizer, target_name: str) -> tuple[Table, list[st
     return table, notes
 
 
-def plan(cfg, task: Task) -> list[str]:
-    """The target calls of the run, in the budget's unit (prompt x example scorings)."""
+def trainer_class(cfg):
     try:
         trainer_cls = get_class(cfg.algo._target_)
     except (ImportError, AttributeError):
         raise UserError(f"algo._target_={cfg.algo._target_!r} cannot be imported; expected a class such as "
                         "promptrl.algos.appo.APPOTrainer") from None
     trainer_cls.check_config(cfg.algo)
-    train = trainer_cls.planned_calls(cfg.algo, task)
+    return trainer_cls
+
+
+def plan_calls(cfg, task: Task) -> dict:
+    """The run's target calls in the budget's unit (prompt x example scorings): `schedule`, what
+    the algorithm's own schedule asks for (None: only a budget ends it, as for GEPA without
+    algo.max_metric_calls); `train`, what training makes once the budget applies (a run may end up
+    to one step past a budget: the budget is checked before each step); `final`, at most this
+    many in the final evaluation."""
+    trainer_cls = trainer_class(cfg)
+    schedule = trainer_cls.planned_calls(cfg.algo, task)
     budget = cfg.budget.target_calls
-    lines = [f"training ({cfg.algo.name}): {train} target calls by its schedule"]
-    if budget is not None and budget < train:
-        lines[0] += f", stopped by budget.target_calls={budget} (a run ends within one step after it)"
-        train = budget
-    final = trainer_cls.final_calls(cfg.algo, task)
-    lines += [f"final evaluation: at most {final} (queue, manual and empty prompt on dev and test)",
-              f"total: at most {train + final} target calls (cached scorings count too; they cost no forward pass)"]
+    if schedule is None and budget is None:
+        raise UserError(f"algo={cfg.algo.name} has no schedule of its own; set budget.target_calls")
+    train = budget if schedule is None or (budget is not None and budget < schedule) else schedule
+    return {"schedule": schedule, "budget": budget, "train": train, "final": trainer_cls.final_calls(cfg.algo, task)}
+
+
+def plan(cfg, task: Task, calls: dict | None = None) -> list[str]:
+    """The plan of one run as lines of text."""
+    c = calls or plan_calls(cfg, task)
+    schedule = "no schedule of its own" if c["schedule"] is None else f"{c['schedule']} target calls by its schedule"
+    lines = [f"training ({cfg.algo.name}): {schedule}"]
+    if c["train"] != c["schedule"]:
+        lines[0] += f", stopped by budget.target_calls={c['budget']} (a run ends within one step after it)"
+    lines += [f"final evaluation: at most {c['final']} (queue, manual and empty prompt on dev and test)",
+              f"total: at most {c['train'] + c['final']} target calls (cached scorings count too; they cost no forward pass)"]
     return lines
+
+
+# --- throughput of earlier runs: the time estimate ------------------------------------------------
+def earlier_runs(root: Path = Path("outputs")) -> list[dict]:
+    """Seconds per target call of the finished runs under `root` (this machine's run
+    directories): while training, and in the final evaluation (model loading included)."""
+    runs = []
+    for results in root.glob("**/results.json"):
+        try:
+            r = json.loads(results.read_text())
+            saved = OmegaConf.load(results.parent / "config_resolved.yaml")
+            backend = saved.target.backend
+        except Exception:
+            continue  # a run of another version or a partial file: no estimate from it
+        calls, with_eval = r.get("target_calls") or 0, r.get("target_calls_with_eval") or 0
+        train_s, wall_s = r.get("train_time_s"), r.get("wall_time_s")
+        if not calls or train_s is None or wall_s is None:
+            continue
+        runs.append({"target": r.get("target"), "backend": backend, "agent": r.get("agent"), "algo": r.get("algo"),
+                     "train_rate": train_s / calls,
+                     "eval_rate": (wall_s - train_s) / (with_eval - calls) if with_eval > calls else None})
+    return runs
+
+
+def estimate_seconds(cfg, calls: dict, runs: list[dict]) -> tuple[float | None, int]:
+    """Estimated wall time of a run from earlier runs of the same target (name and backend),
+    agent and algorithm — the median seconds per call, training and final evaluation apart —
+    and how many runs it rests on; (None, 0) without such runs."""
+    same = [r for r in runs if (r["target"], r["backend"], r["agent"], r["algo"])
+            == (cfg.target.name, cfg.target.backend, cfg.agent.name, cfg.algo.name)]
+    evals = [r["eval_rate"] for r in runs if (r["target"], r["backend"]) == (cfg.target.name, cfg.target.backend)
+             and r["eval_rate"] is not None]
+    if not evals or (calls["train"] and not same):
+        return None, 0
+    train = statistics.median(r["train_rate"] for r in same) * calls["train"] if calls["train"] else 0.0
+    return train + statistics.median(evals) * calls["final"], len(same)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+
+# --- `promptrl train --plan`: every job of a run or a sweep -----------------------------------------
+def sweep_jobs(conf_dir: str, args: list[str], multirun: bool) -> list[list[str]]:
+    """The overrides of each job, as Hydra's basic sweeper expands them: hydra.sweeper.params of
+    the composed config (an experiment's sweep) and then the command line. With the Optuna
+    sweeper, each trial is a draw from its search space: the jobs are the discrete grid of that
+    space (choice, range), continuous parameters at their low end (no planned call depends on
+    them), and `n_trials` says how many will run."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not multirun:
+        return [args]
+    with initialize_config_dir(conf_dir, version_base="1.3", job_name="plan"):
+        base = compose("train", overrides=[a for a in args if "," not in a and "(" not in a], return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in (base.hydra.sweeper.get("params") or {}).items()]
+        parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+        overrides = parser.parse_overrides(params + args)
+    discrete = []
+    for o in overrides:
+        if o.is_sweep_override() and not o.is_discrete_sweep():  # interval(a, b): its low end
+            discrete.append(parser.parse_override(f"{o.get_key_element()}={o.value().start}"))
+        else:
+            discrete.append(o)
+    return BasicSweeper.split_arguments(discrete, None)[0]
+
+
+def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Path("outputs")) -> list[dict]:
+    """Print the cost plan of every job; nothing is loaded but the tasks' data."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    console = Console(soft_wrap=True)
+    runs = earlier_runs(history)
+    jobs, tasks = [], {}
+    sweeper = None
+    for overrides in sweep_jobs(conf_dir, args, multirun):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(conf_dir, version_base="1.3", job_name="plan"):
+            full = compose("train", overrides=list(overrides), return_hydra_config=multirun)
+        sweeper = full.hydra.sweeper if multirun else None
+        cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]) if multirun else full
+        key = (OmegaConf.to_yaml(cfg.task), cfg.seed)
+        if key not in tasks:
+            tasks[key] = load_task(cfg.task, cfg.seed)
+        calls = plan_calls(cfg, tasks[key])
+        seconds, basis = estimate_seconds(cfg, calls, runs)
+        jobs.append({"overrides": list(overrides), **calls, "seconds": seconds, "basis": basis})
+    values: dict[str, set] = {}
+    for j in jobs:
+        for o in j["overrides"]:
+            values.setdefault(o.split("=", 1)[0], set()).add(o)
+    for j in jobs:  # a job is named by what differs between the jobs
+        j["job"] = " ".join(o for o in j["overrides"] if len(values[o.split("=", 1)[0]]) > 1) or "the run"
+    trials = sweeper.get("n_trials") if sweeper is not None and "optuna" in str(sweeper.get("_target_", "")) else None
+    table = Table(title="cost plan: target calls (prompt x example scorings) and estimated wall time")
+    for col in ("job", "training", "final eval (at most)", "total (at most)", "est. time"):
+        table.add_column(col, justify="left" if col == "job" else "right")
+    for i, j in enumerate(jobs):
+        training = str(j["train"]) + (" (budget)" if j["train"] != j["schedule"] else "")
+        table.add_row(f"{i}: {j['job']}", training, str(j["final"]), str(j["train"] + j["final"]), duration(j["seconds"]))
+    count = trials or len(jobs)
+    total_calls = (max(j["train"] + j["final"] for j in jobs) * trials) if trials else sum(j["train"] + j["final"] for j in jobs)
+    known = [j["seconds"] for j in jobs if j["seconds"] is not None]
+    total_s = (max(known) * trials if trials else sum(known)) if known else None
+    total_time = duration(total_s) if len(known) == len(jobs) else f">= {duration(total_s)} ({len(known)} of {len(jobs)} timed)"
+    table.add_row(f"total ({count} {'trials, at most' if trials else 'job' if count == 1 else 'jobs'})", "", "", str(total_calls),
+                  total_time if known else "?", end_section=True)
+    console.print(table)
+    if trials:
+        console.print(f"  hydra/sweeper=optuna: {trials} trials drawn from this search space; "
+                      "the rows are its discrete grid, continuous parameters at their low end")
+    if known:
+        console.print(f"  est. time: median seconds per target call of earlier runs under {history}/ with the same "
+                      "target, backend, agent and algo (training) and the same target (final evaluation)")
+    else:
+        console.print(f"  est. time: no earlier run under {history}/ with the same target, agent and algo to time it by")
+    return jobs
 
 
 def run_check(cfg) -> dict:

@@ -37,6 +37,7 @@ USAGE = """usage: promptrl {train,eval,predict,check,report} [hydra overrides ..
   eval    score a prompt: promptrl eval task=sst2 prompt="Is this review positive?"
   predict use a prompt:  promptrl predict task=custom ... prompt_file=best_prompt.txt input_file=new.csv
   check   data and plan: promptrl check task=custom task.data_files.train=my.csv task.label_field=category
+  --plan  cost first:    promptrl train -m experiment=compare_sst2 --plan   (calls and time per job, no model)
   report  compare runs:   promptrl report outputs/multirun/<date>/<time>
 
 Each command is a Hydra app: `promptrl train --help`, `--cfg job`, `-m` for sweeps."""
@@ -86,7 +87,13 @@ def _record_failed_job(e: Exception) -> None:
 def train_app(cfg: DictConfig):
     from promptrl.train import run_train
 
-    return _report_errors(run_train, cfg)
+    results = _report_errors(run_train, cfg)
+    metric = cfg.get("optimized_metric")
+    if metric and isinstance(results, dict):  # the sweeper's objective (hydra/sweeper=optuna); a failed job returns None
+        if metric not in results:
+            raise UserError(f"optimized_metric={metric!r} is not in results.json; expected a key such as dev_accuracy")
+        return results[metric]
+    return results
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
@@ -119,6 +126,27 @@ def check_main(args: list[str]) -> int:
         with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="check"):
             cfg = compose("train", overrides=args)
         run_check(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"promptrl: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def plan_main(args: list[str]) -> int:
+    """`promptrl train [-m] <overrides> --plan`: the cost plan of the run or of every sweep job,
+    composed without loading a model (only the tasks' data, for their split sizes)."""
+    import datasets
+
+    from promptrl.check import run_plan
+
+    datasets.disable_progress_bars()
+    logging.getLogger().addHandler(logging.NullHandler())
+    logging.getLogger("promptrl").addHandler(logging.NullHandler())
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    try:
+        run_plan(CONF_DIR, [a for a in args if a not in ("-m", "--multirun")], multirun)
     except UserError as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -176,6 +204,9 @@ def main() -> None:
     if "--verbose" in rest:  # full tracebacks for user errors too
         rest.remove("--verbose")
         os.environ["HYDRA_FULL_ERROR"] = "1"
+    planning = command == "train" and "--plan" in rest  # the cost plan instead of the run
+    if planning:
+        rest.remove("--plan")
     problem = preflight(CONF_DIR, "train" if command == "check" else command, rest)
     if problem is not None:
         print(f"promptrl: error: {problem}", file=sys.stderr)
@@ -183,6 +214,8 @@ def main() -> None:
     # Hydra reads sys.argv; the job name (and log file) follows the subcommand.
     if command == "check":
         sys.exit(check_main(rest))
+    if planning:
+        sys.exit(plan_main(rest))
     sys.argv = [command] + rest
     COMMANDS[command]()
     if FAILED_JOBS:

@@ -352,6 +352,33 @@ class OPROConfig(AlgoBase):
 
 
 @dataclass
+class GEPAConfig(AlgoBase):
+    """GEPA (Agrawal et al. 2025, reflective prompt evolution) run by the `gepa` library itself
+    (`pip install promptrl[gepa]`); promptrl supplies the adapter (promptrl/algos/gepa.py)."""
+
+    _target_: str = "promptrl.algos.gepa.GEPA"
+    name: str = "gepa"
+    # GEPA's own budget (max_metric_calls): prompt x example scorings, the unit of
+    # budget.target_calls; null = budget.target_calls decides (one of the two must be set).
+    max_metric_calls: Optional[int] = None
+    seed_prompt: Optional[str] = None  # the candidate GEPA starts from; null = the task's manual prompt
+    reflection_minibatch_size: int = 3  # training examples per reflection (GEPA's default)
+    # GEPA's Pareto (validation) set, drawn from train (dev is the final selection set): null =
+    # the whole training split, an int = a fixed, seeded subset of that many examples.
+    val_examples: Optional[int] = None
+    candidate_selection_strategy: str = "pareto"  # pareto | current_best | epsilon_greedy | top_k_pareto
+    # Skip reflecting on a minibatch the parent already aces (every example's reward >= the
+    # largest reward, c_a + c_s: never with the margin term, as margins stay below 1).
+    skip_perfect_score: bool = True
+    use_merge: bool = False  # GEPA's system-aware merge of two Pareto candidates
+    max_merge_invocations: int = 5  # use_merge=true: at most this many merges
+    # The reflection prompt (GEPA's <curr_param> and <side_info> placeholders); null = GEPA's own.
+    reflection_prompt_template: Optional[str] = None
+    # The start of the agent's answer: GEPA reads the new instruction from a ``` block.
+    reflection_prefix: str = "```\n"
+
+
+@dataclass
 class BudgetConfig:
     """The same budget for every optimiser, counted where they all spend it: the target."""
 
@@ -407,6 +434,9 @@ class TrainConfig:
     checkpoint_every: int = 10  # steps between checkpoints in the run directory (>= 0; 0 = never, no resume)
     resume: Optional[str] = None  # a run directory to continue from its last checkpoint; null = a new run
     cache_dir: str = "${oc.env:PROMPTRL_CACHE,'~/.cache/promptrl'}"  # converted models and the score cache
+    # The results.json key the run returns to its sweeper, e.g. dev_accuracy: the objective of
+    # hydra/sweeper=optuna (conf/experiment/search_appo_sst2.yaml); null = the whole results.
+    optimized_metric: Optional[str] = None
 
 
 def register_configs() -> None:
@@ -419,3 +449,4 @@ def register_configs() -> None:
     cs.store(group="algo", name="ape_schema", node=APEConfig)
     cs.store(group="algo", name="opro_schema", node=OPROConfig)
     cs.store(group="algo", name="manual_schema", node=ManualConfig)
+    cs.store(group="algo", name="gepa_schema", node=GEPAConfig)
