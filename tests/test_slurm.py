@@ -35,10 +35,16 @@ def slurm_problem() -> str | None:
     """Why no SLURM cluster can take jobs here, or None."""
     if shutil.which("sbatch") is None:
         return "sbatch not on PATH (apt-get install slurm-wlm munge; scripts/slurm_start.sh)"
-    r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+    conf = os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if not Path(conf).is_file():  # scontrol would retry for a minute
+        return f"no slurm.conf at {conf} (SLURM_CONF); scripts/slurm_start.sh writes one and starts a cluster"
+    try:
+        r = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return f"scontrol ping did not answer in 20 s (SLURM_CONF={conf})"
     if r.returncode != 0 or "UP" not in r.stdout:
         return (f"no slurmctld answers (scontrol ping: {(r.stdout + r.stderr).strip()[:200]}; "
-                f"SLURM_CONF={os.environ.get('SLURM_CONF')}); scripts/slurm_start.sh starts one")
+                f"SLURM_CONF={conf}); scripts/slurm_start.sh starts one")
     return None
 
 
