@@ -87,7 +87,7 @@ OverTimeLimit=0
 # Ended jobs leave squeue quickly; a requeued job may start again at once.
 MinJobAge=10
 ReturnToService=2
-$node
+$node NodeAddr=127.0.0.1
 PartitionName=debug Nodes=$name Default=YES MaxTime=INFINITE State=UP
 EOF
 

@@ -58,9 +58,11 @@ def slurm():
 
 
 def job_ids(sweep: Path) -> list[str]:
-    """The SLURM jobs of a sweep, from submitit's folders (<array id>_<index>, or <job id> for a
-    one-job sweep)."""
-    return sorted(p.name for p in (sweep / ".submitit").glob("*") if re.fullmatch(r"\d+(_\d+)?", p.name))
+    """The SLURM jobs of a sweep, from submitit's folders: <array id>_<index>, or <job id> for a
+    one-job sweep, each holding the job's pickled call (an array's own folder holds only its
+    sbatch script)."""
+    return sorted(p.parent.name for p in (sweep / ".submitit").glob("*/*_submitted.pkl")
+                  if re.fullmatch(r"\d+(_\d+)?", p.parent.name))
 
 
 class Driver:
@@ -157,7 +159,7 @@ def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes(slurm, driver, 
     cuts the job's time limit to a minute from now; SLURM then sends submitit's USR2
     (signal_delay_s before the limit), submitit requeues the job and it resumes from that
     checkpoint. With timeout_min <= 10, submitit counts every such signal as a time-out, not a
-    preemption."""
+    preemption. The requeued job gets its ten minutes back and finishes."""
     sweep = tmp_path / "sweep"
     run = sweep / "0"
     d = driver(sweep, *RUN, "seed=0", *LAUNCHER, "hydra.launcher.timeout_min=10", "hydra.launcher.signal_delay_s=45",
@@ -171,6 +173,14 @@ def test_a_job_stopped_at_its_time_limit_is_requeued_and_resumes(slurm, driver, 
     limit_min = math.ceil(elapsed_s(job) / 60) + 1
     r = subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit_min}"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # Once requeued, the job gets its ten minutes back: the resumed run is not cut short again
+    # however slow this machine is.
+    cut = time.time()
+    while f"Requeued job {job}" not in submitit_log(sweep, job):
+        assert d.proc.poll() is None, d.output()[-3000:]
+        assert time.time() < cut + 300, "not requeued within 5 minutes of the cut"
+        time.sleep(1)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=10"], capture_output=True, timeout=60)
 
     assert d.wait() == 0, d.output()[-3000:]
     log = submitit_log(sweep, job)
