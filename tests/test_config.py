@@ -143,3 +143,25 @@ def test_library_chatter_goes_to_the_log_file_only(tmp_path, monkeypatch):
     assert "weights" not in console.getvalue() and "deprecated" not in console.getvalue()
     log = (tmp_path / "train.log").read_text()
     assert "some weights were not used" in log and "old_argument is deprecated" in log and "best prompt chosen" in log
+
+
+# --- targets larger than one GPU, and the SLURM launcher's requeue settings ---------------------
+def test_a_tensor_parallel_target_and_its_served_twin(monkeypatch):
+    tp = composed("target=llama3-70b").target
+    assert (tp.backend, tp.vllm.tensor_parallel_size, tp.dtype) == ("vllm", 4, "bfloat16")
+    assert composed("target=llama3-70b", "target.vllm.tensor_parallel_size=8").target.vllm.tensor_parallel_size == 8
+    monkeypatch.delenv("PROMPTRL_TARGET_URL", raising=False)
+    served = composed("target=llama3-70b-served").target
+    # the same model (its tokenizer is loaded here, its name keys results and the score cache)
+    assert (served.name, served.model, served.backend) == (tp.name, tp.model, "server")
+    assert served.server.url == "http://localhost:8000/v1" and served.server.served_model == tp.model
+    monkeypatch.setenv("PROMPTRL_TARGET_URL", "http://gpu-node-7:8000/v1")
+    assert composed("target=llama3-70b-served").target.server.url == "http://gpu-node-7:8000/v1"
+    assert composed("target=llama3-70b-served", "target.server.url=http://x:1/v1").target.server.url == "http://x:1/v1"
+
+
+def test_slurm_jobs_are_requeued_after_a_time_limit():
+    with initialize_config_dir(CONF_DIR, version_base="1.3", job_name="train"):
+        launcher = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True).hydra.launcher
+    # hydra-submitit-launcher's default max_num_timeout is 0: a job at its time limit would end unfinished
+    assert launcher.max_num_timeout >= 1 and launcher.signal_delay_s >= 60

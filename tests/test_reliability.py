@@ -87,3 +87,20 @@ def test_interrupt_while_checkpointing_leaves_no_temp_file(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):  # not turned into a UserError: Ctrl-C stays Ctrl-C
         trainer.save()
     assert not list((tmp_path / "checkpoints").glob(".ckpt-*.tmp"))
+
+
+def test_a_stall_point_sleeps_on_its_nth_pass_only(monkeypatch):
+    """PROMPTRL_STALL_AT (the time-limit test of tests/test_slurm.py): one slow pass, then none."""
+    import time
+
+    import promptrl.faults as faults
+
+    monkeypatch.setenv("PROMPTRL_STALL_AT", "mid-step:2")
+    monkeypatch.setattr(faults, "STALL_S", 0.5)
+    monkeypatch.setattr(faults, "_hits", {})
+    took = []
+    for point in ("mid-step", "between-dev-and-test", "mid-step", "mid-step"):
+        start = time.monotonic()
+        faults.crash_point(point)
+        took.append(time.monotonic() - start)
+    assert took[2] >= 0.5 and max(took[:2] + took[3:]) < 0.1, took
