@@ -42,14 +42,19 @@ def resolve_resume(resume: str, outputs: Path = Path("outputs")) -> Path:
 IGNORED_WHEN_RELAUNCHED = ("resume", "logger")  # how a run is watched, not what it computes
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """The dotted keys at which two resolved configs differ."""
-    keys = sorted(set(saved) | set(current))
+def config_differences(saved: dict, current: dict, prefix: str = "", one_sided: list | None = None) -> list[str]:
+    """The dotted keys at which two resolved configs differ. A key that only one of them has is
+    a setting an earlier or later promptrl added or removed, not a different run (a study resumed
+    across code versions would otherwise be refused for every new option): it goes to `one_sided`."""
     diffs = []
-    for k in keys:
-        a, b = saved.get(k), current.get(k)
+    for k in sorted(set(saved) | set(current)):
+        if (k in saved) != (k in current):
+            if one_sided is not None:
+                one_sided.append(f"{prefix}{k}")
+            continue
+        a, b = saved[k], current[k]
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += config_differences(a, b, f"{prefix}{k}.")
+            diffs += config_differences(a, b, f"{prefix}{k}.", one_sided)
         elif a != b:
             diffs.append(f"{prefix}{k}")
     return diffs
@@ -75,7 +80,11 @@ def earlier_launch(out: Path, cfg) -> str:
     for key in IGNORED_WHEN_RELAUNCHED:
         saved.pop(key, None)
         current.pop(key, None)
-    diffs = config_differences(saved, current)
+    one_sided: list[str] = []
+    diffs = config_differences(saved, current, one_sided=one_sided)
+    if one_sided:
+        log.warning("%s was launched by a promptrl with other settings (%s only in one of the two configs); "
+                    "treated as the same run", out, ", ".join(one_sided[:5]) + (" …" if len(one_sided) > 5 else ""))
     if diffs:
         shown = ", ".join(diffs[:5]) + (f" and {len(diffs) - 5} more" if len(diffs) > 5 else "")
         raise UserError(f"{out} holds a run of a different config (differs at {shown}); launch with the same "

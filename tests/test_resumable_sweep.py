@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from promptrl.cli import CONF_DIR
 from promptrl.errors import UserError
@@ -49,6 +50,22 @@ def test_a_directory_holding_another_configs_work_is_an_error_not_overwritten(tm
     with pytest.raises(UserError, match=r"different config \(differs at algo\.update_threshold, seed\).*same order"):
         earlier_launch(tmp_path, composed("seed=2"))
     assert (tmp_path / "results.json").exists()
+
+
+def test_a_setting_added_by_a_later_promptrl_does_not_make_it_another_run(tmp_path):
+    """A study resumed across sessions meets code with new options: a key only one of the two
+    configs has is not a difference; a changed value still is."""
+    cfg = composed("seed=1")
+    save_run_info(tmp_path, cfg)
+    saved_path = tmp_path / "config_resolved.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(saved_path))
+    saved["an_option_removed_since"] = 3
+    del saved["algo"]["queue_rescore"]  # an option added since the run was launched
+    saved_path.write_text(OmegaConf.to_yaml(saved))
+    write_json(tmp_path / "results.json", {"test_accuracy": 0.5})
+    assert earlier_launch(tmp_path, cfg) == "finished"
+    with pytest.raises(UserError, match=r"differs at seed\)"):
+        earlier_launch(tmp_path, composed("seed=2"))
 
 
 @pytest.mark.slow
