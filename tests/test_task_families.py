@@ -205,7 +205,7 @@ def test_generation_scores_use_task_and_reward_metrics(tmp_path):
 
     task = make_generation_task([("big dog",), ("dog",), ("cat",)])
     scorer = Fixed(task)
-    attach_cache(scorer, tmp_path / "s.sqlite")
+    attach_cache(scorer, tmp_path)
     s = scorer.score(["A", "B"], task.test)
     assert s.accuracy.tolist() == pytest.approx([1 / 3, 1 / 3])  # EM
     assert reward(s, 10, 0.1).tolist() == pytest.approx([(1 + 2 / 3) / 3, 1 / 3])  # mean F1, used directly

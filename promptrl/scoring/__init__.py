@@ -221,7 +221,10 @@ class Scorer:
         return {"scorer": type(self).__name__, "name": self.name}
 
     def close(self) -> None:
-        """Release what the backend holds beyond memory (engine processes, connections)."""
+        """Release what the backend holds beyond memory (engine processes, connections) and the
+        score cache's shard (a sweep runs many jobs in one process)."""
+        if self.cache is not None:
+            self.cache.close()
 
     def encode(self, texts: list[str], room: int = 0) -> list[list[int]]:
         """The target's token ids of each text, cut to leave `room` tokens of the context for what
@@ -345,12 +348,23 @@ def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
         raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
     scorer = cls.from_config(target_cfg, task, cache_dir, **({"llm": engine} if engine is not None else {}))
     if target_cfg.score_cache:
-        attach_cache(scorer, Path(cache_dir).expanduser() / "scores.sqlite")
+        attach_cache(scorer, Path(cache_dir).expanduser())
     return scorer
 
 
-def attach_cache(scorer: Scorer, path: Path) -> None:
-    from promptrl.scoring.cache import ScoreCache, namespace
+def cache_namespace(scorer: Scorer) -> str:
+    """The score cache's key for everything but the prompt and the example: the scorer's identity
+    (backend, target model, revision, dtype) and the task's scoring identity (template and label
+    words; generation: template, metrics, max_new_tokens, stop). The task's name is not part of
+    it: it changes no score (and the namespaces stay those of the old SQLite store, whose entries
+    `promptrl cache merge` imports)."""
+    from promptrl.scoring.cache import namespace
 
-    task = scorer.task
-    scorer.cache = ScoreCache(path, namespace(**scorer.identity(), **task.scoring_identity()))
+    return namespace(**scorer.identity(), **scorer.task.scoring_identity())
+
+
+def attach_cache(scorer: Scorer, cache_dir: Path) -> None:
+    """Give `scorer` the prompt-score cache in `<cache_dir>/scores/` (promptrl/scoring/cache.py)."""
+    from promptrl.scoring.cache import ScoreCache
+
+    scorer.cache = ScoreCache(Path(cache_dir), cache_namespace(scorer))

@@ -64,6 +64,7 @@ class ServerScorer(Scorer):
 
     def close(self) -> None:
         self.client.close()
+        super().close()
 
     def _post(self, path: str, payload: dict | None = None) -> dict:
         """One call with retries; a UserError names the URL and what the server said."""

@@ -105,6 +105,7 @@ class VLLMScorer(Scorer):
 
     def close(self) -> None:
         shutdown(self.llm)
+        super().close()
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         from vllm import SamplingParams
