@@ -36,8 +36,9 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 class ServerScorer(Scorer):
     def __init__(self, tokenizer, task: Task, name: str, url: str, served_model: str, api_key: str | None = None,
                  concurrency: int = 8, batch_size: int = 32, timeout_s: float = 120.0, max_retries: int = 5,
-                 backoff_s: float = 1.0, max_len: int | None = None):
+                 backoff_s: float = 1.0, max_len: int | None = None, revision: str | None = None):
         super().__init__(task, name)
+        self.revision = revision
         for key, value in {"concurrency": concurrency, "batch_size": batch_size, "max_retries + 1": max_retries + 1}.items():
             if value < 1:
                 raise UserError(f"target.server.{key.split()[0]}={value}; expected a positive integer")
@@ -53,14 +54,18 @@ class ServerScorer(Scorer):
         self.max_len = max_len if max_len is not None else self._served_max_len()
 
     def identity(self) -> dict:
-        return {"scorer": "server", "name": self.name, "url": self.url, "model": self.served_model}
+        """The server is known by its URL and served model; target.revision (the tokenizer's, and
+        the served weights' when the config says so) is added when set. The server's dtype is not
+        known here: restart a server with other weights or dtype under another URL or model name."""
+        revision = {"revision": self.revision} if self.revision else {}  # unset: the namespace of before
+        return {"scorer": "server", "name": self.name, "url": self.url, "model": self.served_model, **revision}
 
     @classmethod
     def from_config(cls, cfg, task: Task, cache_dir: str) -> ServerScorer:
         s = cfg.server
         return cls(load_tokenizer(cfg, cache_dir), task, cfg.name, s.url, s.served_model or cfg.model,
                    api_key=s.api_key, concurrency=s.concurrency, batch_size=s.batch_size, timeout_s=s.timeout_s,
-                   max_retries=s.max_retries, backoff_s=s.backoff_s)
+                   max_retries=s.max_retries, backoff_s=s.backoff_s, revision=cfg.revision)
 
     def close(self) -> None:
         self.client.close()
