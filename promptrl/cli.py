@@ -1,8 +1,8 @@
-"""`promptrl train | eval | predict | check | report`: thin Hydra entry points.
+"""`promptrl train | eval | predict | check | report | cache`: thin Hydra entry points.
 
 Each subcommand is its own Hydra app (config `conf/<command>.yaml`), so overrides, `--cfg job`,
 `--help` and `-m` multirun behave exactly as Hydra users expect. `check` composes train's config
-without starting a job (it writes nothing) and `report` is plain argparse.
+without starting a job (it writes nothing); `report` and `cache` are plain argparse.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _conf_dir() -> str:
 
 
 CONF_DIR = _conf_dir()
-USAGE = """usage: promptrl {train,eval,predict,check,report} [hydra overrides ...]
+USAGE = """usage: promptrl {train,eval,predict,check,report,cache} [hydra overrides ...]
 
   train   find a prompt: promptrl train task=sst2 agent=smollm2-135m algo=appo
   eval    score a prompt: promptrl eval task=sst2 prompt="Is this review positive?"
@@ -39,6 +39,7 @@ USAGE = """usage: promptrl {train,eval,predict,check,report} [hydra overrides ..
   check   data and plan: promptrl check task=custom task.data_files.train=my.csv task.label_field=category
   --plan  cost first:    promptrl train -m experiment=compare_sst2 --plan   (calls and time per job, no model)
   report  compare runs:   promptrl report outputs/multirun/<date>/<time>
+  cache   score cache:    promptrl cache merge [CACHE_DIR]   (compact its shards, import an old scores.sqlite)
 
 Each command is a Hydra app: `promptrl train --help`, `--cfg job`, `-m` for sweeps."""
 
@@ -165,8 +166,34 @@ def report_main(args: list[str]) -> int:
         return 2
 
 
+def cache_main(args: list[str]) -> int:
+    """`promptrl cache merge [CACHE_DIR] [--min-age S]`: compact the prompt-score cache's shards."""
+    import argparse
+
+    from promptrl.scoring.cache import merge
+
+    parser = argparse.ArgumentParser(prog="promptrl cache", description="Maintain the prompt-score cache.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    m = sub.add_parser("merge", help="compact <cache_dir>/scores/ into one shard; import an old scores.sqlite")
+    m.add_argument("cache_dir", nargs="?", default=os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl"),
+                   help="the runs' cache_dir (default: $PROMPTRL_CACHE or ~/.cache/promptrl)")
+    m.add_argument("--min-age", type=float, default=60.0, metavar="SECONDS",
+                   help="leave alone shards written in the last SECONDS (default 60); shards whose writer "
+                        "still runs on this host are always left alone")
+    ns = parser.parse_args(args)
+    root = Path(ns.cache_dir).expanduser()
+    if not root.is_dir():
+        print(f"promptrl: error: cache directory {str(root)!r} does not exist; expected a runs' cache_dir", file=sys.stderr)
+        return 2
+    if ns.min_age < 0:
+        print(f"promptrl: error: --min-age {ns.min_age}; expected seconds >= 0", file=sys.stderr)
+        return 2
+    print(merge(root, min_age_s=ns.min_age).line())
+    return 0
+
+
 COMMANDS = {"train": train_app, "eval": eval_app, "predict": predict_app}
-COMMAND_NAMES = ("train", "eval", "predict", "check", "report")
+COMMAND_NAMES = ("train", "eval", "predict", "check", "report", "cache")
 
 
 def _quiet_libraries() -> None:
@@ -198,6 +225,8 @@ def main() -> None:
     command, rest = args[0], args[1:]
     if command == "report":
         sys.exit(report_main(rest))
+    if command == "cache":
+        sys.exit(cache_main(rest))
     if command not in COMMAND_NAMES:
         print(f"promptrl: error: unknown command {command!r}; expected one of: {', '.join(COMMAND_NAMES)}", file=sys.stderr)
         sys.exit(2)
