@@ -277,7 +277,13 @@ def test_cache_merge_compacts_shards_and_imports_the_old_sqlite(tmp_path, capsys
 def test_merge_leaves_shards_in_use_alone_and_a_merged_writer_goes_on(tmp_path):
     recent = ScoreCache(tmp_path, "ns")
     recent.put("p", ["x1"], torch.tensor([[-1.0, -2.0]]))
-    assert merge(tmp_path).shards == 0 and len(list((tmp_path / SHARDS).glob("*.jsonl"))) == 1  # written just now
+    write_old_sqlite(tmp_path / "scores.sqlite", [("ns", "p", "x0", [-1.0, -1.0])])
+    os.utime(tmp_path / "scores.sqlite", (time.time() - 3600, time.time() - 3600))
+    (tmp_path / "scores.sqlite-wal").write_bytes(b"")  # an old job still writes its WAL
+    summary = merge(tmp_path)
+    assert summary.shards == 0 and summary.skipped == 2 and summary.path is None  # written just now
+    assert len(list((tmp_path / SHARDS).glob("*.jsonl"))) == 1 and (tmp_path / "scores.sqlite").exists()
+    (tmp_path / "scores.sqlite-wal").unlink()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         live = tmp_path / SHARDS / f"{_host()}-{sleeper.pid}-abcd.jsonl"  # a live writer on this host, idle long
@@ -285,12 +291,14 @@ def test_merge_leaves_shards_in_use_alone_and_a_merged_writer_goes_on(tmp_path):
         os.utime(live, (time.time() - 3600, time.time() - 3600))
         summary = merge(tmp_path, min_age_s=0)
         assert live.exists() and summary.skipped == 1 and summary.shards == 1  # `recent` is this process: merged
+        assert summary.imported == 1 and (tmp_path / "scores.sqlite.imported").exists()
     finally:
         sleeper.kill()
         sleeper.wait()
     recent.put("p", ["x3"], torch.tensor([[-5.0, -6.0]]))  # its shard was merged away: it starts a new one
     fresh = ScoreCache(tmp_path, "ns")
-    assert exact(fresh.get("p", ["x1", "x2", "x3"]), {"x1": [-1.0, -2.0], "x2": [-3.0, -4.0], "x3": [-5.0, -6.0]})
+    assert exact(fresh.get("p", ["x0", "x1", "x2", "x3"]),
+                 {"x0": [-1.0, -1.0], "x1": [-1.0, -2.0], "x2": [-3.0, -4.0], "x3": [-5.0, -6.0]})
     assert merge(tmp_path, min_age_s=0).shards == 3 and not live.exists()  # its writer is gone
 
 

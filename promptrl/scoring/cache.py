@@ -354,7 +354,10 @@ def merge(cache_dir: Path, min_age_s: float = 60.0) -> MergeSummary:
                 entries.setdefault(entry[:3], entry[3])
         chosen.append(path)
     old = root / OLD_SQLITE
-    take_old = old.exists() and now - old.stat().st_mtime >= min_age_s
+    # In WAL mode the main file may not change for hours while -wal does: the newest of the three.
+    touched = max((p.stat().st_mtime for p in (old, root / f"{OLD_SQLITE}-wal", root / f"{OLD_SQLITE}-shm") if p.exists()),
+                  default=None)
+    take_old = old.exists() and touched is not None and now - touched >= min_age_s
     if old.exists() and not take_old:
         skipped += 1
     if take_old:
