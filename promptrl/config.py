@@ -42,7 +42,7 @@ class TaskConfig:
     """What the target is asked to do: where the examples come from, how an instruction and an
     input are rendered for the target, and how its answer is scored."""
 
-    name: str = MISSING  # the task's name in results, run directories and the score cache
+    name: str = MISSING  # the task's name in results and run directories
     # classification: the target picks one of label_words. generation: the target writes an
     # answer (greedy, cut at `stop`), scored by `metric` against every gold answer.
     kind: str = "classification"
@@ -174,7 +174,9 @@ class TargetConfig(ModelSource):
     # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.
     prefix_reuse: bool = True
     num_threads: Optional[int] = None  # torch CPU threads for the HF scorer; null = torch's default (all cores)
-    # Persistent prompt-score cache under cache_dir/scores.sqlite (promptrl/scoring/cache.py).
+    # Persistent prompt-score cache: append-only shards under cache_dir/scores/, one per process,
+    # no locks, so jobs on one node or many (NFS, Lustre) share it; a torn line is never served.
+    # `promptrl cache merge` compacts it (promptrl/scoring/cache.py).
     score_cache: bool = True
 
 
