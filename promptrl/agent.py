@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from promptrl.errors import UserError
+from promptrl.hfcompat import cache_kwargs, output_cache
 from promptrl.models import output_logits
 from promptrl.prompts import build_query_text
 
@@ -60,7 +62,12 @@ class Agent(nn.Module):
         self.no_chat_template = no_chat_template
         lora = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                           task_type="CAUSAL_LM", target_modules=list(target_modules) if target_modules else None)
-        self.model = get_peft_model(base_model, lora, adapter_name=POLICY)
+        with warnings.catch_warnings():
+            # peft (0.21.2 and before) reads `model.is_gradient_checkpointing` in PeftModel.__init__,
+            # which transformers >= 5.23 deprecates for `is_activation_checkpointing` (FutureWarning
+            # on every run). It is peft's own access, not an argument of ours: silenced here only.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            self.model = get_peft_model(base_model, lora, adapter_name=POLICY)
         self.model.add_adapter(ANCHOR, lora)
         device = next(base_model.parameters()).device
         self.model.to(device)  # both adapters beside the weights they adapt (peft skips some devices)
@@ -175,11 +182,11 @@ class Agent(nn.Module):
         with self.acting(adapter), torch.inference_mode():
             # All n samples share the query: run it once (all but its last token, which generate
             # needs as input) and give every sample a copy of its KV cache.
-            cache = self.model(input_ids=inputs[:1, :-1], use_cache=True).past_key_values if len(query) > 1 else None
+            cache = output_cache(self.model(input_ids=inputs[:1, :-1], use_cache=True)) if len(query) > 1 else None
             if cache is not None:
                 cache.batch_repeat_interleave(n)
             out = self.model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), past_key_values=cache, do_sample=True,
+                input_ids=inputs, attention_mask=torch.ones_like(inputs), **cache_kwargs(self.model, cache), do_sample=True,
                 temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids,
             )
@@ -262,11 +269,11 @@ class Agent(nn.Module):
             # copy of its KV cache (gradients flow through the copies into the query pass).
             # Same result as B full sequences, at a fraction of the tokens.
             prefix = decoder(input_ids=query.to(device).unsqueeze(0), use_cache=True)
-            cache = prefix.past_key_values
+            cache = output_cache(prefix)
             cache.batch_repeat_interleave(B)
             states = prefix.last_hidden_state[:, -1:].expand(B, -1, -1)
             if T > 1:
-                rest = decoder(input_ids=responses[:, :-1], past_key_values=cache, use_cache=True).last_hidden_state
+                rest = decoder(input_ids=responses[:, :-1], **cache_kwargs(decoder, cache), use_cache=True).last_hidden_state
                 states = torch.cat([states, rest], dim=1)
             # Only the states that choose response tokens go through the (large) output layer.
             logprobs = torch.log_softmax(output_logits(base, states), -1)

@@ -7,6 +7,7 @@ import logging
 import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
+from promptrl.hfcompat import cache_kwargs, output_cache
 from promptrl.models import load_model, output_logits
 from promptrl.scoring import Scorer, cut_at_stop, label_tokens, stopped_after_text
 from promptrl.tasks import Task
@@ -179,7 +180,7 @@ class HFScorer(Scorer):
         ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
         for g, p in enumerate(prefixes):
             ids[g, :len(p)] = torch.tensor(p, dtype=torch.long)
-        cache = self.model.get_decoder()(input_ids=ids.to(self.device), use_cache=True).past_key_values
+        cache = output_cache(self.model.get_decoder()(input_ids=ids.to(self.device), use_cache=True))
         shift = torch.tensor([width - len(p) for p in prefixes], device=self.device)
         slots = torch.arange(width, device=self.device)
         # Right-aligned gather: slot j of group g holds position j - shift[g] (masked where < 0).
@@ -208,7 +209,7 @@ class HFScorer(Scorer):
             g = torch.tensor(groups, device=self.device)
             cache = DynamicCache([(k.index_select(0, g), v.index_select(0, g)) for k, v in layers], config=self.model.config)
             mask = torch.cat([prefix_mask.index_select(0, g).cpu(), mask], dim=1)
-            kwargs = {"past_key_values": cache, "use_cache": True}
+            kwargs = {**cache_kwargs(self.model.get_decoder(), cache), "use_cache": True}
         return self.model.get_decoder()(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
             **kwargs,
