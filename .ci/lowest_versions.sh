@@ -16,7 +16,8 @@ py="$work/venv/bin/python"
 # picked another torch would download a multi-GB CUDA build), then uv to resolve the rest.
 "$py" -m pip install -q torch==2.13.0
 "$py" -m pip install -q uv
-torch_before="$("$py" -c 'import torch; print(torch.__version__)')"
+# -W ignore: numpy is not installed yet, and importing torch warns that it cannot use it
+torch_before="$("$py" -W ignore -c 'import torch; print(torch.__version__)')"
 echo "torch==2.13.0" >"$work/constraints.txt"  # lowest-direct would otherwise pick torch 2.4
 "$work/venv/bin/uv" pip install -q --python "$py" --resolution lowest-direct -c "$work/constraints.txt" -e "${repo}[test]"
 # the embedded model and the second family, as in .ci/run (data, not dependencies)
