@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from promptrl.config import register_configs
 from promptrl.errors import UserError
+from promptrl.interrupts import Interrupted
 from promptrl.preflight import preflight
 
 
@@ -56,6 +57,9 @@ def _report_errors(fn, cfg: DictConfig):
     route_transformers_logs()
     try:
         return fn(cfg)
+    except Interrupted as e:  # not a failure: the job resumes when launched again; a sweep stops here too
+        print(f"promptrl: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except Exception as e:
         if not _in_sweep():
             if not isinstance(e, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":

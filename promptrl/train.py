@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from promptrl.agent import Agent
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
+from promptrl.interrupts import Interrupted
 from promptrl.models import load_model, resolve_device
 from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
 from promptrl.rollouts import VLLMRollouts, check_gpu_memory, engine_lora_rank, shares_engine, start_agent_engine
@@ -168,7 +169,11 @@ def run_train(cfg: DictConfig) -> dict:
                                   identity=wandb_identity(config))
         if not resumed:
             seed_everything(cfg.seed)  # sampling starts from the same RNG state for every run of this seed
-        trainer.run()
+        try:
+            trainer.run()
+        except Interrupted:
+            trainer.tracker.close()  # the rows so far are in metrics.jsonl; wandb's run ends cleanly
+            raise
         if cfg.checkpoint_every:
             trainer.save()  # the finished state, so a kill during final evaluation loses no training
         calls_before_eval = scorer.calls

@@ -72,3 +72,38 @@ def test_killed_run_resumes_to_the_uninterrupted_result(crash_at, corrupt_newest
     assert comparable(json.loads((run / "results.json").read_text())) == \
         comparable(json.loads((reference / "results.json").read_text()))
     assert not list((run / "checkpoints").glob(".ckpt-*.tmp"))  # stale temp files are cleaned up
+
+
+def test_sigterm_mid_run_checkpoints_the_finished_step_and_the_same_command_resumes(reference, shared_data, tmp_path):
+    """A `kill` between periodic checkpoints (here: none before the end) loses no finished step:
+    the step in progress is completed and checkpointed, exit code 143, and launching the same
+    command again continues to the uninterrupted result."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = [a for a in SMALL_DEMO if not a.startswith("checkpoint_every=")] + ["checkpoint_every=100", f"hydra.run.dir={run}"]
+    env = {**os.environ, "PROMPTRL_DATA": str(shared_data), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "promptrl.cli", "train", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rows = run / "metrics.jsonl"
+    deadline = time.time() + 600
+    while not (rows.exists() and rows.read_text().count("\n") >= 1) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # during step 1 of 4
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "promptrl: stopped by SIGTERM after step" in stderr
+    assert not (run / "results.json").exists() and not (run / "failed.json").exists()
+    (ckpt,) = (run / "checkpoints").glob("ckpt-*.pt")  # only the one the signal asked for
+    done = [r for r in metrics(run) if "anchor" not in r]
+    assert int(ckpt.stem.split("-")[1]) == len(done) >= 2  # the step in progress was finished too
+
+    r = train(shared_data, *args)  # the same command, no resume=
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming from" in r.stdout + r.stderr
+    assert metrics(run) == metrics(reference)
+    assert comparable(json.loads((run / "results.json").read_text())) == \
+        comparable(json.loads((reference / "results.json").read_text()))

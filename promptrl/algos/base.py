@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from promptrl.agent import Agent
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
 from promptrl.evaluate import final_evaluation
+from promptrl.interrupts import Interrupted, StopRequests
 from promptrl.prompt_queue import PromptQueue
 from promptrl.prompts import format_demos, user_message
 from promptrl.scoring import Scorer, reward
@@ -150,7 +152,7 @@ class PromptOptimizer:
         start = time.time()
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}")]
-        with Progress(*columns, disable=not self.progress) as bar:
+        with Progress(*columns, disable=not self.progress) as bar, StopRequests() as stop:
             job = bar.add_task(f"{self.cfg.name} {self.task.name}", total=self.total_steps(), completed=self.step, info="")
             while not self.finished() and not self.budget_spent():
                 step_start = time.time()
@@ -162,11 +164,24 @@ class PromptOptimizer:
                 self.after_step()
                 self.step += 1
                 bar.update(job, completed=self.step, info=self.progress_info(row))
-                if self.checkpoint_every and self.step % self.checkpoint_every == 0:
+                periodic = self.checkpoint_every and self.step % self.checkpoint_every == 0
+                if periodic or (stop.signum and self.checkpoint_every):
                     self.elapsed += time.time() - start
                     start = time.time()
                     self.save()
+                if stop.signum:
+                    self.elapsed += time.time() - start
+                    raise Interrupted(stop.signum, self.stopped_message(stop.signum))
         self.elapsed += time.time() - start
+
+    def stopped_message(self, signum: int) -> str:
+        total = self.total_steps()
+        where = f"after step {self.step}" + (f" of {total}" if total else "")
+        name = signal.Signals(signum).name
+        if not self.checkpoint_every:
+            return f"stopped by {name} {where}; no checkpoint written (checkpoint_every=0), so it cannot be resumed"
+        return (f"stopped by {name} {where}; checkpoint written to {self.out_dir / 'checkpoints'}; launch the "
+                "same command again (or resume=<run dir>) to continue from there")
 
     def after_step(self) -> None:
         """Hook between a step's metrics row and its checkpoint (APPO's anchor check)."""
