@@ -309,7 +309,7 @@ def wandb_runs(path: str) -> list[Run]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="promptrl report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="promptrl report", description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("paths", nargs="*", help="run or sweep directories, or globs of them")
     parser.add_argument("--by", default=",".join(DEFAULT_BY),
                         help="comma-separated config keys to group by (default: task.name,algo.name)")

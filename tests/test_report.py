@@ -84,6 +84,11 @@ def test_report_bad_arguments_are_one_line(tmp_path):
     assert r.returncode == 2 and "no runs (results.json or failed.json)" in r.stderr
 
 
+def test_report_help_states_the_whole_summary():
+    r = run_cli("report", "--help")
+    assert r.returncode == 0 and "a paired comparison of two methods, CSV/Markdown, plots." in " ".join(r.stdout.split())
+
+
 @pytest.mark.slow
 def test_multirun_then_report_on_the_embedded_model(tmp_path, shared_data):
     """2 algos x 2 seeds with a tiny budget, one extra job that fails; the sweep finishes the
