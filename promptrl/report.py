@@ -189,14 +189,19 @@ def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
     (out / "report.md").write_text(markdown(*table_cells(table, by)))
 
 
-def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False):
+def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, smooth: int = 1):
     """Mean, min and max over runs of y at each x (step rows only). With carry_forward each run
     is a step function (its last value holds until its next row), so runs whose rows fall at
-    different x (target calls) still average point by point."""
+    different x (target calls) still average point by point. smooth > 1 replaces each run's y by
+    its trailing mean over that many rows first, so the band shows the spread between seeds
+    rather than the noise of single steps (4 prompts a step)."""
     series = []
     for r in runs:
         points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
                         if "anchor" not in row and row.get(y_key) is not None and row.get(x_key) is not None)
+        if smooth > 1:
+            ys = [y for _, y in points]
+            points = [(x, statistics.fmean(ys[max(0, i - smooth + 1):i + 1])) for i, (x, _) in enumerate(points)]
         if points:
             series.append(points)
     xs = sorted({x for points in series for x, _ in points})
@@ -214,7 +219,7 @@ def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False):
     return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
 
 
-def plot(runs: list[Run], by: list[str], out: Path) -> list[Path]:
+def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,14 +238,16 @@ def plot(runs: list[Run], by: list[str], out: Path) -> list[Path]:
             continue  # APE and OPRO have no policy: no response-length or entropy rows
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for label, members in groups.items():
-            xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=y_key == "best_reward")
+            best = y_key == "best_reward"  # already a running maximum: nothing to smooth
+            xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=best, smooth=1 if best else smooth)
             if not xs:
                 continue
             line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})")
             ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set_xlabel(x_key.replace("_", " "))
         ax.set_ylabel(y_key.replace("_", " "))
-        ax.set_title(f"{title}; band = min..max over seeds")
+        smoothed = f", trailing mean of {smooth} steps" if smooth > 1 and y_key != "best_reward" else ""
+        ax.set_title(f"{title}{smoothed}; band = min..max over seeds", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -318,10 +325,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", metavar="KEY=A,B",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
                              "(within each group of the other --by keys); writes compare.csv and compare.md")
+    parser.add_argument("--smooth", type=int, default=1, metavar="N",
+                        help="plot each run's per-step curves as a trailing mean over N steps (default 1: raw)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
+    if args.smooth < 1:
+        raise UserError(f"report: --smooth {args.smooth} must be a number of steps >= 1 (1 draws the raw curves)")
     by = [k.strip() for k in args.by.split(",") if k.strip()]
     runs = (find_runs(args.paths) if args.paths else []) + (wandb_runs(args.wandb) if args.wandb else [])
     unknown = [k for k in by if all(r.value(k) is None for r in runs)]
@@ -350,6 +361,6 @@ def main(argv: list[str]) -> int:
         print_table(f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)", c_header, c_cells)
         written += [out / "compare.csv", out / "compare.md"]
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
-        written += plot(runs, by, out)
+        written += plot(runs, by, out, smooth=args.smooth)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

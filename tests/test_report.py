@@ -193,6 +193,24 @@ def test_t_interval_and_paired_comparison_match_hand_computed_values():
     assert math.isnan(t_interval([0.5])[1]) and paired_comparison([0.6, 0.6], [0.5, 0.5]).t_p == 0.0
 
 
+def test_smoothed_curve_averages_each_run_over_its_trailing_steps_before_the_band():
+    from pathlib import Path
+
+    from promptrl.report import Run, curve
+
+    def run(values):
+        return Run(Path("."), {}, {}, rows=[{"step": i, "reward_mean": v} for i, v in enumerate(values)])
+
+    runs = [run([0.0, 2.0, 4.0, 6.0]), run([2.0, 2.0, 2.0, 2.0])]
+    xs, mean, lo, hi = curve(runs, "step", "reward_mean")
+    assert xs == [0, 1, 2, 3] and lo == [0.0, 2.0, 2.0, 2.0] and hi == [2.0, 2.0, 4.0, 6.0]
+    # window 2: run 1 becomes 0, 1, 3, 5 (the first step has only itself); run 2 stays 2
+    xs, mean, lo, hi = curve(runs, "step", "reward_mean", smooth=2)
+    assert mean == [1.0, 1.5, 2.5, 3.5] and lo == [0.0, 1.0, 2.0, 2.0] and hi == [2.0, 2.0, 3.0, 5.0]
+    r = run_cli("report", "--smooth", "0", ".")
+    assert r.returncode == 2 and "--smooth 0 must be a number of steps >= 1" in r.stderr
+
+
 def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
     """Study arms differ by a group chosen on the command line (+arm=...), not by algo.name: the
     report groups and pairs by it, and leaves out a seed only one arm has."""
