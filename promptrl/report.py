@@ -237,12 +237,12 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
         if not any(row.get(y_key) is not None for members in groups.values() for r in members for row in r.rows):
             continue  # APE and OPRO have no policy: no response-length or entropy rows
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        for label, members in groups.items():
+        for i, (label, members) in enumerate(groups.items()):
             best = y_key == "best_reward"  # already a running maximum: nothing to smooth
             xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=best, smooth=1 if best else smooth)
             if not xs:
                 continue
-            line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})")
+            line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
             ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
         ax.set_xlabel(x_key.replace("_", " "))
         ax.set_ylabel(y_key.replace("_", " "))
@@ -263,7 +263,7 @@ def plot_dev(groups: dict[str, list[Run]], out: Path, plt) -> Path:
     markers = {"update": ("^", "anchor update"), "rollback": ("v", "rollback"), "keep": ("o", "keep")}
     fig, ax = plt.subplots(figsize=(7, 4.2))
     shown = set()
-    for label, members in groups.items():
+    for i, (label, members) in enumerate(groups.items()):
         checks: dict[int, list[float]] = {}
         for r in members:
             for row in r.rows:
@@ -272,7 +272,7 @@ def plot_dev(groups: dict[str, list[Run]], out: Path, plt) -> Path:
         if not checks:
             continue
         steps = sorted(checks)
-        line, = ax.plot(steps, [statistics.fmean(checks[s]) for s in steps], label=label)
+        line, = ax.plot(steps, [statistics.fmean(checks[s]) for s in steps], label=label, color=f"C{i % 10}")
         for r in members:
             for row in r.rows:
                 decision = row.get("anchor")
