@@ -171,8 +171,47 @@ def compare(runs: list[Run], by: list[str], spec: str) -> list[dict]:
     return out
 
 
+BASELINES = ("manual", "empty")
+
+
+def compare_to_baseline(runs: list[Run], by: list[str], baseline: str) -> list[dict]:
+    """Each group's dev-selected prompt against the baseline prompt scored in the same runs
+    (`<baseline>_test_accuracy`), paired by run: does the search beat the prompt a user already
+    has? A template change (e.g. the study's natural template) changes the baseline, so each run
+    is paired with its own."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.results is not None:
+            groups.setdefault(r.key(by), []).append(r.results)
+    out = []
+    for group in sorted(groups):
+        pairs = [(float(res["test_accuracy"]), float(res[f"{baseline}_test_accuracy"])) for res in groups[group]
+                 if res.get("test_accuracy") is not None and res.get(f"{baseline}_test_accuracy") is not None]
+        if not pairs:
+            continue
+        c = paired_comparison([x for x, _ in pairs], [y for _, y in pairs])
+        out.append({**dict(zip(by, group)), "metric": "test_accuracy", "a": "selected", "b": f"{baseline} prompt",
+                    "a_mean": statistics.fmean(x for x, _ in pairs), "b_mean": statistics.fmean(y for _, y in pairs),
+                    "unpaired": len(groups[group]) - len(pairs), **vars(c)})
+    return out
+
+
+def write_comparison(rows: list[dict], rest: list[str], out: Path, name: str, title: str) -> list[Path]:
+    from promptrl.tracking import print_table
+
+    with (out / f"{name}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header, cells = compare_cells(rows, rest)
+    (out / f"{name}.md").write_text(markdown(header, cells))
+    print_table(title, header, cells)
+    return [out / f"{name}.csv", out / f"{name}.md"]
+
+
 def compare_cells(rows: list[dict], rest: list[str]) -> tuple[list[str], list[list[str]]]:
-    header = rest + ["metric", "pairs", "a", "b", "a - b [95% t]", "wins/ties/losses", "paired t p", "Wilcoxon p", "sign p"]
+    a, b = (rows[0]["a"], rows[0]["b"]) if rows else ("a", "b")  # one comparison per table: name its sides
+    header = rest + ["metric", "pairs", a, b, f"{a} - {b} [95% t]", "wins/ties/losses", "paired t p", "Wilcoxon p", "sign p"]
     p = lambda v: "-" if math.isnan(v) else f"{v:.3f}"
     cells = [[str(r[k]) for k in rest] + [r["metric"], str(r["n"]), f"{r['a_mean']:.3f}", f"{r['b_mean']:.3f}",
              f"{r['mean_diff']:+.3f}" + ("" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"),
@@ -325,12 +364,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", metavar="KEY=A,B",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
                              "(within each group of the other --by keys); writes compare.csv and compare.md")
+    parser.add_argument("--baseline", metavar="{manual,empty}",
+                        help="paired comparison, within each group, of the dev-selected prompt with the manual or empty "
+                             "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
     parser.add_argument("--smooth", type=int, default=1, metavar="N",
                         help="plot each run's per-step curves as a trailing mean over N steps (default 1: raw)")
     parser.add_argument("--no-plots", action="store_true")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
+    if args.baseline is not None and args.baseline not in BASELINES:
+        raise UserError(f"report: --baseline {args.baseline!r} is not a baseline; expected one of {', '.join(BASELINES)}")
     if args.smooth < 1:
         raise UserError(f"report: --smooth {args.smooth} must be a number of steps >= 1 (1 draws the raw curves)")
     by = [k.strip() for k in args.by.split(",") if k.strip()]
@@ -352,14 +396,13 @@ def main(argv: list[str]) -> int:
         if not rows:
             raise UserError(f"report: --compare {args.compare!r}: the two sides share no seed with results")
         rest = [k for k in by if k != args.compare.partition("=")[0].strip()]
-        with (out / "compare.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        c_header, c_cells = compare_cells(rows, rest)
-        (out / "compare.md").write_text(markdown(c_header, c_cells))
-        print_table(f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)", c_header, c_cells)
-        written += [out / "compare.csv", out / "compare.md"]
+        written += write_comparison(rows, rest, out, "compare", f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)")
+    if args.baseline:
+        rows = compare_to_baseline(runs, by, args.baseline)
+        if not rows:
+            raise UserError(f"report: --baseline {args.baseline}: no run has both test_accuracy and {args.baseline}_test_accuracy")
+        written += write_comparison(rows, by, out, f"vs_{args.baseline}",
+                                    f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -242,3 +242,34 @@ def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
     assert bad.returncode == 2 and "arm='ape' matches no run" in bad.stderr and "['appo', 'ppo']" in bad.stderr
     malformed = run_cli("report", str(sweep), "--compare", "arm=appo", "--no-plots")
     assert malformed.returncode == 2 and "must be KEY=A,B" in malformed.stderr
+
+
+def test_report_pairs_the_selected_prompt_with_each_runs_own_baseline(tmp_path):
+    """`--baseline empty`: each run's dev-selected prompt against the empty prompt scored in that
+    run, per group; a template change gives an arm its own baseline, so the pairing is by run."""
+    sweep = tmp_path / "study"
+    arms = {"appo": ([0.80, 0.75, 0.70, 0.72], [0.70, 0.70, 0.71, 0.60]), "natural": ([0.84, 0.83], [0.81, 0.81])}
+    for arm, (selected, empty) in arms.items():
+        for seed, (acc, base) in enumerate(zip(selected, empty)):
+            d = sweep / f"+arm={arm},seed={seed}"
+            fake_run(d, "appo", seed, acc, 1024, [])
+            results = json.loads((d / "results.json").read_text())
+            (d / "results.json").write_text(json.dumps({**results, "empty_test_accuracy": base}))
+            (d / ".hydra").mkdir()
+            (d / ".hydra" / "overrides.yaml").write_text(f"- +arm={arm}\n- seed={seed}\n")
+    r = run_cli("report", str(sweep), "--by", "arm", "--baseline", "empty", "--no-plots")
+    assert r.returncode == 0, r.stderr
+    rows = {row["arm"]: row for row in csv.DictReader((sweep / "report" / "vs_empty.csv").open())}
+    appo, natural = rows["appo"], rows["natural"]
+    # the same pairs as the hand-computed comparison above: +0.065, t p = 0.1109, Wilcoxon 0.25
+    assert appo["n"] == "4" and float(appo["mean_diff"]) == pytest.approx(0.065)
+    assert float(appo["t_p"]) == pytest.approx(0.1109, abs=5e-4) and float(appo["wilcoxon_p"]) == pytest.approx(0.25)
+    # differences 0.03 and 0.02: mean 0.025, sd 0.0070711, t(0.975, 1) = 12.706205 -> half-width 0.063531
+    assert float(natural["mean_diff"]) == pytest.approx(0.025) and float(natural["b_mean"]) == pytest.approx(0.81)
+    assert float(natural["ci_low"]) == pytest.approx(0.025 - 0.063531, abs=1e-5) and natural["wins"] == "2"
+    md = (sweep / "report" / "vs_empty.md").read_text()
+    assert "empty prompt" in md and "+0.025 [-0.039, +0.089]" in md
+    manual = run_cli("report", str(sweep), "--by", "arm", "--baseline", "manual", "--no-plots")
+    assert manual.returncode == 0 and (sweep / "report" / "vs_manual.csv").is_file()  # fake_run's manual prompt: 0.5
+    bad = run_cli("report", str(sweep), "--baseline", "best", "--no-plots")
+    assert bad.returncode == 2 and "--baseline 'best' is not a baseline; expected one of manual, empty" in bad.stderr
