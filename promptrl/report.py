@@ -212,7 +212,7 @@ def write_comparison(rows: list[dict], rest: list[str], out: Path, name: str, ti
 def compare_cells(rows: list[dict], rest: list[str]) -> tuple[list[str], list[list[str]]]:
     a, b = (rows[0]["a"], rows[0]["b"]) if rows else ("a", "b")  # one comparison per table: name its sides
     header = rest + ["metric", "pairs", a, b, f"{a} - {b} [95% t]", "wins/ties/losses", "paired t p", "Wilcoxon p", "sign p"]
-    p = lambda v: "-" if math.isnan(v) else f"{v:.3f}"
+    p = lambda v: "-" if math.isnan(v) else ("<0.001" if v < 0.001 else f"{v:.3f}")
     cells = [[str(r[k]) for k in rest] + [r["metric"], str(r["n"]), f"{r['a_mean']:.3f}", f"{r['b_mean']:.3f}",
              f"{r['mean_diff']:+.3f}" + ("" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"),
              f"{r['wins']}/{r['ties']}/{r['losses']}", p(r["t_p"]), p(r["wilcoxon_p"]), p(r["sign_p"])] for r in rows]

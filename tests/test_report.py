@@ -271,5 +271,9 @@ def test_report_pairs_the_selected_prompt_with_each_runs_own_baseline(tmp_path):
     assert "empty prompt" in md and "+0.025 [-0.039, +0.089]" in md
     manual = run_cli("report", str(sweep), "--by", "arm", "--baseline", "manual", "--no-plots")
     assert manual.returncode == 0 and (sweep / "report" / "vs_manual.csv").is_file()  # fake_run's manual prompt: 0.5
+    from promptrl.report import compare_cells
+    _, cells = compare_cells([{**appo, "n": 4, "a_mean": 0.7, "b_mean": 0.5, "mean_diff": 0.2, "ci_low": 0.1, "ci_high": 0.3,
+                               "t_p": 0.0004, "wilcoxon_p": 0.125, "sign_p": 0.125}], ["arm"])
+    assert cells[0][-3:] == ["<0.001", "0.125", "0.125"]  # a tiny p-value is not printed as 0.000
     bad = run_cli("report", str(sweep), "--baseline", "best", "--no-plots")
     assert bad.returncode == 2 and "--baseline 'best' is not a baseline; expected one of manual, empty" in bad.stderr
