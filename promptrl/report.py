@@ -196,16 +196,23 @@ def compare_to_baseline(runs: list[Run], by: list[str], baseline: str) -> list[d
     return out
 
 
-def write_comparison(rows: list[dict], rest: list[str], out: Path, name: str, title: str) -> list[Path]:
+def write_comparison(tables: list[tuple[list[dict], list[str], str]], out: Path, name: str) -> list[Path]:
+    """One or more comparisons (rows, their group keys, a title) into <name>.csv (all rows) and
+    <name>.md (a table each), each also printed."""
     from promptrl.tracking import print_table
 
+    fields = list(dict.fromkeys(k for rows, _, _ in tables for k in rows[0]))
     with (out / f"{name}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        writer.writerows(rows)
-    header, cells = compare_cells(rows, rest)
-    (out / f"{name}.md").write_text(markdown(header, cells))
-    print_table(title, header, cells)
+        for rows, _, _ in tables:
+            writer.writerows(rows)
+    parts = []
+    for rows, rest, title in tables:
+        header, cells = compare_cells(rows, rest)
+        parts.append(markdown(header, cells))
+        print_table(title, header, cells)
+    (out / f"{name}.md").write_text("\n".join(parts))
     return [out / f"{name}.csv", out / f"{name}.md"]
 
 
@@ -361,9 +368,9 @@ def main(argv: list[str]) -> int:
                         help="comma-separated config keys to group by (default: task.name,algo.name)")
     parser.add_argument("--out", help="where report.csv, report.md and the PNGs go (default: <first path>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead of (or besides) disk")
-    parser.add_argument("--compare", metavar="KEY=A,B",
+    parser.add_argument("--compare", metavar="KEY=A,B", action="append",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
-                             "(within each group of the other --by keys); writes compare.csv and compare.md")
+                             "(within each group of the other --by keys); repeat it for several pairs; writes compare.csv and compare.md")
     parser.add_argument("--baseline", metavar="{manual,empty}",
                         help="paired comparison, within each group, of the dev-selected prompt with the manual or empty "
                              "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
@@ -391,18 +398,21 @@ def main(argv: list[str]) -> int:
     header, cells = table_cells(table, by)
     print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean [95% Student-t interval] over runs)", header, cells)
     written = [out / "report.csv", out / "report.md"]
-    if args.compare:
-        rows = compare(runs, by, args.compare)
+    tables = []
+    for spec in args.compare or []:
+        rows = compare(runs, by, spec)
         if not rows:
-            raise UserError(f"report: --compare {args.compare!r}: the two sides share no seed with results")
-        rest = [k for k in by if k != args.compare.partition("=")[0].strip()]
-        written += write_comparison(rows, rest, out, "compare", f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)")
+            raise UserError(f"report: --compare {spec!r}: the two sides share no seed with results")
+        rest = [k for k in by if k != spec.partition("=")[0].strip()]
+        tables.append((rows, rest, f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)"))
+    if tables:
+        written += write_comparison(tables, out, "compare")
     if args.baseline:
         rows = compare_to_baseline(runs, by, args.baseline)
         if not rows:
             raise UserError(f"report: --baseline {args.baseline}: no run has both test_accuracy and {args.baseline}_test_accuracy")
-        written += write_comparison(rows, by, out, f"vs_{args.baseline}",
-                                    f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)")
+        title = f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)"
+        written += write_comparison([(rows, by, title)], out, f"vs_{args.baseline}")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
     print("wrote " + ", ".join(str(p) for p in written))

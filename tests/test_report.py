@@ -240,6 +240,13 @@ def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
         assert_valid_png(sweep / "report" / name)
     bad = run_cli("report", str(sweep), "--by", "arm", "--compare", "arm=appo,ape", "--no-plots")
     assert bad.returncode == 2 and "arm='ape' matches no run" in bad.stderr and "['appo', 'ppo']" in bad.stderr
+    both = run_cli("report", str(sweep), "--by", "arm", "--compare", "arm=appo,ppo", "--compare", "arm=ppo,appo", "--no-plots")
+    assert both.returncode == 0, both.stderr
+    rows = list(csv.DictReader((sweep / "report" / "compare.csv").open()))
+    diffs = {(r["a"], r["metric"]): float(r["mean_diff"]) for r in rows}
+    assert len(rows) == 4 and diffs[("arm=ppo", "test_accuracy")] == pytest.approx(-diffs[("arm=appo", "test_accuracy")])  # test and paper acc, each pair
+    md = (sweep / "report" / "compare.md").read_text()
+    assert "arm=appo - arm=ppo [95% t]" in md and "arm=ppo - arm=appo [95% t]" in md and "-0.065 [-0.157, +0.027]" in md
     malformed = run_cli("report", str(sweep), "--compare", "arm=appo", "--no-plots")
     assert malformed.returncode == 2 and "must be KEY=A,B" in malformed.stderr
 
