@@ -1,5 +1,5 @@
-"""`promptrl report`: compare finished runs — means with 95% intervals over seeds, a paired
-comparison of two methods, CSV/Markdown, plots.
+"""`promptrl report`: compare finished runs — means with 95% intervals over seeds, paired
+comparisons of methods and against the manual or empty prompt, CSV/Markdown, plots.
 
 A run is any directory with a `results.json` (and, for plots, `metrics.jsonl`); `failed.json`
 marks a sweep job that failed. Runs are grouped by config keys (default `task.name algo.name`),
@@ -17,6 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
@@ -145,6 +146,8 @@ def compare(runs: list[Run], by: list[str], spec: str) -> list[dict]:
     sides = [v.strip() for v in values.split(",")]
     if not sep or len(sides) != 2 or not all(sides) or not key.strip():
         raise UserError(f"report: --compare {spec!r} must be KEY=A,B (e.g. algo.name=appo,ppo or arm=appo,ape)")
+    if sides[0] == sides[1]:
+        raise UserError(f"report: --compare {spec!r} compares {sides[0]!r} with itself; name two different values of {key.strip()}")
     key = key.strip()
     rest = [k for k in by if k != key]
     found = {str(r.value(key)) for r in runs}
@@ -196,22 +199,29 @@ def compare_to_baseline(runs: list[Run], by: list[str], baseline: str) -> list[d
     return out
 
 
-def write_comparison(tables: list[tuple[list[dict], list[str], str]], out: Path, name: str) -> list[Path]:
-    """One or more comparisons (rows, their group keys, a title) into <name>.csv (all rows) and
-    <name>.md (a table each), each also printed."""
+class Comparison(NamedTuple):
+    rows: list[dict]  # from compare() or compare_to_baseline()
+    keys: list[str]  # the group columns of its rows
+    title: str
+
+
+def write_comparisons(comparisons: list[Comparison], out: Path, name: str) -> list[Path]:
+    """<name>.csv (every row; group columns first) and <name>.md (a titled table each); each
+    table also printed."""
     from promptrl.tracking import print_table
 
-    fields = list(dict.fromkeys(k for rows, _, _ in tables for k in rows[0]))
+    keys = [k for c in comparisons for k in c.keys]
+    fields = list(dict.fromkeys(keys + [k for c in comparisons for k in c.rows[0]]))
     with (out / f"{name}.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, restval="")
         writer.writeheader()
-        for rows, _, _ in tables:
-            writer.writerows(rows)
+        for c in comparisons:
+            writer.writerows(c.rows)
     parts = []
-    for rows, rest, title in tables:
-        header, cells = compare_cells(rows, rest)
-        parts.append(markdown(header, cells))
-        print_table(title, header, cells)
+    for c in comparisons:
+        header, cells = compare_cells(c.rows, c.keys)
+        parts.append(f"### {c.title}\n\n" + markdown(header, cells))
+        print_table(c.title, header, cells)
     (out / f"{name}.md").write_text("\n".join(parts))
     return [out / f"{name}.csv", out / f"{name}.md"]
 
@@ -371,7 +381,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--compare", metavar="KEY=A,B", action="append",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
                              "(within each group of the other --by keys); repeat it for several pairs; writes compare.csv and compare.md")
-    parser.add_argument("--baseline", metavar="{manual,empty}",
+    parser.add_argument("--baseline", metavar="{" + ",".join(BASELINES) + "}",
                         help="paired comparison, within each group, of the dev-selected prompt with the manual or empty "
                              "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
     parser.add_argument("--smooth", type=int, default=1, metavar="N",
@@ -390,6 +400,19 @@ def main(argv: list[str]) -> int:
     if unknown:
         raise UserError(f"report: --by key(s) {unknown} are in no run's config or overrides; e.g. task.name, algo.name, seed, "
                         "algo.reference, or a group set on the command line such as arm")
+    comparisons = []
+    for spec in args.compare or []:
+        rows = compare(runs, by, spec)
+        if not rows:
+            raise UserError(f"report: --compare {spec!r}: the two sides share no seed with results")
+        keys = [k for k in by if k != spec.partition("=")[0].strip()]
+        comparisons.append(Comparison(rows, keys, f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)"))
+    baseline = None
+    if args.baseline:
+        rows = compare_to_baseline(runs, by, args.baseline)
+        if not rows:
+            raise UserError(f"report: --baseline {args.baseline}: no run has both test_accuracy and {args.baseline}_test_accuracy")
+        baseline = Comparison(rows, by, f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)")
     table = summarize(runs, by)
     out = Path(args.out) if args.out else (Path(glob.glob(args.paths[0])[0]) if args.paths else Path("report")) / "report"
     write_outputs(table, by, out)
@@ -398,21 +421,10 @@ def main(argv: list[str]) -> int:
     header, cells = table_cells(table, by)
     print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean [95% Student-t interval] over runs)", header, cells)
     written = [out / "report.csv", out / "report.md"]
-    tables = []
-    for spec in args.compare or []:
-        rows = compare(runs, by, spec)
-        if not rows:
-            raise UserError(f"report: --compare {spec!r}: the two sides share no seed with results")
-        rest = [k for k in by if k != spec.partition("=")[0].strip()]
-        tables.append((rows, rest, f"paired by seed: {rows[0]['a']} - {rows[0]['b']} (two-sided p-values)"))
-    if tables:
-        written += write_comparison(tables, out, "compare")
-    if args.baseline:
-        rows = compare_to_baseline(runs, by, args.baseline)
-        if not rows:
-            raise UserError(f"report: --baseline {args.baseline}: no run has both test_accuracy and {args.baseline}_test_accuracy")
-        title = f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)"
-        written += write_comparison([(rows, by, title)], out, f"vs_{args.baseline}")
+    if comparisons:
+        written += write_comparisons(comparisons, out, "compare")
+    if baseline:
+        written += write_comparisons([baseline], out, f"vs_{args.baseline}")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
     print("wrote " + ", ".join(str(p) for p in written))

@@ -86,7 +86,7 @@ def test_report_bad_arguments_are_one_line(tmp_path):
 
 def test_report_help_states_the_whole_summary():
     r = run_cli("report", "--help")
-    assert r.returncode == 0 and "a paired comparison of two methods, CSV/Markdown, plots." in " ".join(r.stdout.split())
+    assert r.returncode == 0 and "against the manual or empty prompt, CSV/Markdown, plots." in " ".join(r.stdout.split())
 
 
 @pytest.mark.slow
@@ -247,6 +247,9 @@ def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
     assert len(rows) == 4 and diffs[("arm=ppo", "test_accuracy")] == pytest.approx(-diffs[("arm=appo", "test_accuracy")])  # test and paper acc, each pair
     md = (sweep / "report" / "compare.md").read_text()
     assert "arm=appo - arm=ppo [95% t]" in md and "arm=ppo - arm=appo [95% t]" in md and "-0.065 [-0.157, +0.027]" in md
+    assert md.startswith("### paired by seed: arm=appo - arm=ppo")
+    itself = run_cli("report", str(sweep), "--by", "arm", "--compare", "arm=appo,appo", "--no-plots")
+    assert itself.returncode == 2 and "compares 'appo' with itself" in itself.stderr
     malformed = run_cli("report", str(sweep), "--compare", "arm=appo", "--no-plots")
     assert malformed.returncode == 2 and "must be KEY=A,B" in malformed.stderr
 
@@ -277,10 +280,27 @@ def test_report_pairs_the_selected_prompt_with_each_runs_own_baseline(tmp_path):
     md = (sweep / "report" / "vs_empty.md").read_text()
     assert "empty prompt" in md and "+0.025 [-0.039, +0.089]" in md
     manual = run_cli("report", str(sweep), "--by", "arm", "--baseline", "manual", "--no-plots")
-    assert manual.returncode == 0 and (sweep / "report" / "vs_manual.csv").is_file()  # fake_run's manual prompt: 0.5
+    assert manual.returncode == 0, manual.stderr
+    assert [float(row["b_mean"]) for row in csv.DictReader((sweep / "report" / "vs_manual.csv").open())] == [0.5, 0.5]  # fake_run's
     from promptrl.report import compare_cells
     _, cells = compare_cells([{**appo, "n": 4, "a_mean": 0.7, "b_mean": 0.5, "mean_diff": 0.2, "ci_low": 0.1, "ci_high": 0.3,
                                "t_p": 0.0004, "wilcoxon_p": 0.125, "sign_p": 0.125}], ["arm"])
     assert cells[0][-3:] == ["<0.001", "0.125", "0.125"]  # a tiny p-value is not printed as 0.000
     bad = run_cli("report", str(sweep), "--baseline", "best", "--no-plots")
     assert bad.returncode == 2 and "--baseline 'best' is not a baseline; expected one of manual, empty" in bad.stderr
+
+
+def test_comparisons_with_different_group_keys_share_one_csv(tmp_path):
+    """compare.csv holds every comparison's rows; their group columns come first, and a column
+    one comparison lacks is left empty."""
+    from promptrl.report import Comparison, write_comparisons
+
+    stats = {"metric": "test_accuracy", "a": "x", "b": "y", "a_mean": 0.7, "b_mean": 0.6, "unpaired": 0, "n": 3, "mean_diff": 0.1,
+             "ci_low": 0.0, "ci_high": 0.2, "wins": 3, "ties": 0, "losses": 0, "t_p": 0.04, "wilcoxon_p": 0.25, "sign_p": 0.25}
+    written = write_comparisons([Comparison([{"task.name": "sst2", **stats}], ["task.name"], "by task"),
+                                 Comparison([{"arm": "appo", **stats}], ["arm"], "by arm")], tmp_path, "compare")
+    rows = list(csv.DictReader(written[0].open()))
+    assert list(rows[0])[:3] == ["task.name", "arm", "metric"]
+    assert (rows[0]["task.name"], rows[0]["arm"], rows[1]["task.name"], rows[1]["arm"]) == ("sst2", "", "", "appo")
+    md = written[1].read_text()
+    assert "### by task" in md and "### by arm" in md and md.count("| +0.100 [+0.000, +0.200] |") == 2
