@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from importlib import metadata
@@ -21,6 +22,8 @@ log = logging.getLogger(__name__)
 console = Console(stderr=True)
 
 PACKAGES = ("promptrl", "torch", "transformers", "peft", "datasets", "hydra-core", "vllm", "wandb")
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+CODE_PATHS = ("promptrl", "conf")  # a checkout's outputs/ and docs/ change under a study; its code must not
 SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)$", re.IGNORECASE)
 
 
@@ -72,6 +75,21 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def source_commit(root: Path = SOURCE_ROOT) -> str | None:
+    """The git commit of the promptrl source this process runs, with "+dirty" when its tracked code
+    differs from it; None for an installed wheel, whose package versions say what ran."""
+    if not ((root / ".git").exists() and (root / "pyproject.toml").is_file()):
+        return None
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True)
+        changed = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
+                                 capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
+
+
 def redact(obj: Any) -> Any:
     """Drop values of keys that look like credentials before anything is saved."""
     if isinstance(obj, dict):
@@ -84,7 +102,7 @@ def redact(obj: Any) -> Any:
 def save_run_info(directory: Path, cfg: DictConfig) -> None:
     resolved = redact(OmegaConf.to_container(cfg, resolve=True))
     atomic_write_text(directory / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    write_json(directory / "versions.json", package_versions())
+    write_json(directory / "versions.json", {**package_versions(), "promptrl_commit": source_commit()})
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

@@ -22,7 +22,18 @@ from promptrl.rollouts import BACKENDS as ROLLOUT_BACKENDS
 from promptrl.rollouts import VLLMRollouts, check_gpu_memory, engine_lora_rank, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
-from promptrl.tracking import Tracker, atomic_write_text, print_table, redact, run_dir, save_run_info, wandb_identity, write_json
+from promptrl.tracking import (
+    Tracker,
+    atomic_write_text,
+    package_versions,
+    print_table,
+    redact,
+    run_dir,
+    save_run_info,
+    source_commit,
+    wandb_identity,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +149,8 @@ def run_train(cfg: DictConfig) -> dict:
             cfg = OmegaConf.merge(cfg, {"resume": str(out)})
         else:
             save_run_info(out, cfg)
+    # Logged on every launch: a run resumed across sessions may finish on other code than it began.
+    log.info("promptrl code: %s", source_commit() or f"installed package {package_versions().get('promptrl')}")
     if cfg.budget.target_calls is not None and cfg.budget.target_calls <= 0:
         raise UserError(f"budget.target_calls={cfg.budget.target_calls}; expected a positive number or null")
     if cfg.checkpoint_every < 0:

@@ -5,6 +5,8 @@ import time
 
 import pytest
 
+from promptrl.tracking import source_commit
+
 from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,9 @@ def test_train_writes_results_and_resume_finishes_the_same_run(tmp_path, shared_
     # a quiet console: promptrl's own lines and the table; what the libraries print is in the log file
     assert "Loading weights" not in r.stdout + r.stderr and "best prompt (dev-selected)" in r.stdout
     assert "[promptrl.train][INFO]" in (run / "train.log").read_text()
+    # which code made the run: in versions.json and, for every launch, in the log
+    commit = json.loads((run / "versions.json").read_text())["promptrl_commit"]
+    assert commit == source_commit() and f"promptrl code: {commit or 'installed package'}" in (run / "train.log").read_text()
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "anchor" not in r] == [0, 1, 2, 3]
     assert [r for r in rows if "anchor" in r] == []  # one epoch: no check after the last (it cannot change the result)

@@ -1,8 +1,9 @@
 import json
+import subprocess
 from types import SimpleNamespace
 
 from promptrl.prompt_queue import PromptQueue
-from promptrl.tracking import Tracker, redact
+from promptrl.tracking import Tracker, redact, save_run_info, source_commit
 
 
 def test_redact_hides_credentials_but_not_token_counts():
@@ -48,3 +49,31 @@ def test_wandb_offline_logs_without_network(tmp_path, monkeypatch):
     t.close()
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     assert json.loads((tmp_path / "metrics.jsonl").read_text())["reward_mean"] == 1.5
+
+
+def test_source_commit_names_the_checkout_and_flags_changed_code_only(tmp_path):
+    """A run records which code made it; edits to outputs/ or docs/ (a study writing into its own
+    checkout) are not code changes, an edit under promptrl/ is."""
+    assert source_commit(tmp_path) is None  # not a checkout: an installed wheel
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for name in ("pyproject.toml", "promptrl/train.py", "outputs/study/README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "outputs/study/README.md").write_text("results\n")
+    (tmp_path / "promptrl/new_untracked.py").write_text("y\n")
+    assert source_commit(tmp_path) == head
+    (tmp_path / "promptrl/train.py").write_text("changed\n")
+    assert source_commit(tmp_path) == head + "+dirty"
+
+
+def test_versions_json_records_packages_and_the_commit(tmp_path):
+    from omegaconf import OmegaConf
+
+    save_run_info(tmp_path, OmegaConf.create({"seed": 0}))
+    versions = json.loads((tmp_path / "versions.json").read_text())
+    assert versions["torch"] and "promptrl_commit" in versions
+    assert versions["promptrl_commit"] == source_commit()  # this checkout's commit, or None for a wheel
