@@ -1,4 +1,9 @@
-"""Atomic checkpoints: a crash or kill at any moment leaves the last complete one loadable."""
+"""Atomic checkpoints: a crash or kill at any moment leaves the last complete one loadable.
+
+Checkpoints are read with `torch.load(weights_only=True)`: tensors, dicts, lists, tuples,
+numbers, strings and None, nothing that runs code while unpickling. A `.pt` someone placed in
+a run directory is refused, not executed, on `resume=<dir>`, `resume=latest` and sweep relaunches.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import torch
 
 from promptrl.errors import UserError
 from promptrl.faults import crash_point
+from promptrl.rundir import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,7 @@ def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)  # the rename is the commit point
+        fsync_dir(directory)  # ... and durable once the directory entry is on disk
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -56,19 +63,43 @@ def save_checkpoint(directory: Path, step: int, state: dict) -> Path:
             raise UserError(f"cannot write checkpoint {path} ({e.strerror or e}); the last saved is "
                             f"{kept[-1] if kept else 'none'}; free disk space and resume, or set checkpoint_every=0") from e
         raise
-    for old in sorted(directory.glob("ckpt-*.pt"))[:-KEEP]:
+    # Rotation only ever deletes checkpoints older than the one just written: a newer file is
+    # not this process's to delete (and deleting by name would remove each new checkpoint
+    # whenever an unreadable one with a higher step number lay there).
+    older = [p for p in checkpoints(directory) if p.name < path.name]
+    for old in older[:max(len(older) - (KEEP - 1), 0)]:
         old.unlink(missing_ok=True)
     return path
 
 
+def checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint files, oldest first (the zero-padded step orders the names)."""
+    return sorted(directory.glob("ckpt-*.pt"))
+
+
 def load_latest_checkpoint(directory: Path) -> dict | None:
-    """The newest checkpoint that loads; a corrupt one is reported and skipped."""
-    for path in sorted(directory.glob("ckpt-*.pt"), reverse=True):
+    """The newest checkpoint that loads (a corrupt one is reported and skipped); None when there
+    is none at all. When there are checkpoints and none loads, a UserError: the caller must not
+    start over in a directory whose work it cannot read (it would overwrite its metrics), and
+    nothing is moved or deleted, so the files stay for a person to look at."""
+    found = checkpoints(directory)
+    problems = []
+    for path in reversed(found):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # truncated or corrupt file: fall back to the previous one
-            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path.name, type(e).__name__)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated, corrupt, or holding objects that are not plain data
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", path.name, reason)
+            problems.append(f"{path.name}: {type(e).__name__}")
             continue
+        for newer in found[found.index(path) + 1:]:  # unreadable, and newer than the run now resumes from
+            aside = newer.with_name(newer.name + ".unreadable")
+            os.replace(newer, aside)
+            log.warning("%s set aside as %s: the run continues from %s", newer.name, aside.name, path.name)
         log.info("resuming from %s", path)
         return state
+    if found:
+        raise UserError(f"none of the {len(found)} checkpoints in {directory} can be loaded ({'; '.join(problems[:3])}); "
+                        "nothing was changed; they may be damaged or not promptrl checkpoints (only plain tensors and "
+                        "data are loaded, never pickled code); resume from a copy or start a new run directory")
     return None

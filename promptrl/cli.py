@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -19,6 +20,7 @@ from promptrl.config import register_configs
 from promptrl.errors import UserError
 from promptrl.interrupts import Interrupted
 from promptrl.preflight import preflight
+from promptrl.rundir import secret_on_command_line
 
 
 def _conf_dir() -> str:
@@ -79,7 +81,7 @@ def _in_sweep() -> bool:
 def _record_failed_job(e: Exception) -> None:
     import traceback
 
-    from promptrl.tracking import run_dir, write_json
+    from promptrl.rundir import run_dir, write_json
 
     out = run_dir()
     message = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
@@ -200,6 +202,29 @@ COMMANDS = {"train": train_app, "eval": eval_app, "predict": predict_app}
 COMMAND_NAMES = ("train", "eval", "predict", "check", "report", "cache")
 
 
+def resume_in_its_own_directory(command: str, args: list[str]) -> list[str]:
+    """`resume=<dir>` (or `latest`) continues a run in that directory: Hydra is pointed at it, so
+    the resumed session's log appends to the run's own train.log and its `.hydra/` record goes to
+    `.hydra/resume-<time>/` there, instead of a new directory that only says "resumed"."""
+    if command not in ("train", "predict") or any(a in ("-m", "--multirun") for a in args):
+        return args
+    given = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if not given or given[-1] in ("", "null") or any(a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in args):
+        return args
+    from promptrl.rundir import resolve_resume
+
+    target = resolve_resume(given[-1]) if command == "train" else Path(given[-1]).expanduser()
+    if command == "predict":
+        from promptrl.predict import find_predict_run
+
+        target = find_predict_run(given[-1])
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    resolved = str(target.resolve())
+    # Hydra's override grammar: quote the path (it may hold = , or spaces)
+    return [f"resume='{resolved}'" if a.startswith("resume=") else a for a in args] + [
+        f"hydra.run.dir='{resolved}'", f"hydra.output_subdir=.hydra/resume-{stamp}"]
+
+
 def _quiet_libraries() -> None:
     """Library chatter goes to the run's log file, not the console (the handlers are in
     conf/hydra/job_logging/promptrl.yaml): Python warnings (deprecations) become log records,
@@ -240,7 +265,7 @@ def main() -> None:
     planning = command == "train" and "--plan" in rest  # the cost plan instead of the run
     if planning:
         rest.remove("--plan")
-    problem = preflight(CONF_DIR, "train" if command == "check" else command, rest)
+    problem = secret_on_command_line(rest) or preflight(CONF_DIR, "train" if command == "check" else command, rest)
     if problem is not None:
         print(f"promptrl: error: {problem}", file=sys.stderr)
         sys.exit(2)
@@ -249,6 +274,11 @@ def main() -> None:
         sys.exit(check_main(rest))
     if planning:
         sys.exit(plan_main(rest))
+    try:
+        rest = resume_in_its_own_directory(command, rest)
+    except UserError as e:
+        print(f"promptrl: error: {e}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [command] + rest
     COMMANDS[command]()
     if FAILED_JOBS:

@@ -152,7 +152,12 @@ class ServerConfig:
 
     url: str = "http://localhost:8000/v1"  # the server's OpenAI API base URL (up to and including /v1)
     served_model: Optional[str] = None  # the name the server knows the model by; null = target.model
-    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"  # sent as a Bearer token; null = none (redacted in logs)
+    # Sent as a Bearer token; null = none. From the environment only: a literal key on the
+    # command line is refused (it would be saved in the run directory); saved configs redact it.
+    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"
+    # A file holding the key (first line), e.g. the vllm-server-<jobid>.key that
+    # scripts/slurm_vllm_server.sbatch writes (mode 0600); used when api_key is null.
+    api_key_file: Optional[str] = None
     concurrency: int = 8  # requests in flight
     batch_size: int = 32  # texts per request
     timeout_s: float = 120.0  # seconds one request may take before it is retried

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -12,9 +13,10 @@ from omegaconf import DictConfig
 
 from promptrl.errors import UserError
 from promptrl.faults import crash_point
-from promptrl.scoring import Scorer, build_scorer
+from promptrl.rundir import open_run, write_json
+from promptrl.scoring import Scorer
 from promptrl.tasks import Task, load_task
-from promptrl.tracking import print_table, run_dir, save_run_info, write_json
+from promptrl.tracking import print_table
 
 log = logging.getLogger(__name__)
 
@@ -90,22 +92,37 @@ def guard_against_baselines(best: dict, baselines: dict[str, dict], alpha: float
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    start = time.time()
-    from promptrl.train import earlier_launch  # train imports this module
+    from promptrl.engines import open_models
 
-    out = run_dir()
-    if earlier_launch(out, cfg) == "finished":  # an eval sweep launched again skips its finished jobs
-        log.info("%s already holds this evaluation's results.json; skipped (a new run directory runs it again)", out)
-        return json.loads((out / "results.json").read_text())
-    save_run_info(out, cfg)
-    torch.manual_seed(cfg.seed)
-    task = load_task(cfg.task, cfg.seed)
-    named = prompts_to_evaluate(cfg, task)
-    scorer = build_scorer(cfg.target, task, cfg.cache_dir)
-    try:
-        rows = evaluate_prompts(scorer, task, list(named.values()))
-    finally:
-        scorer.close()
+    start = time.time()
+    with ExitStack() as run:
+        launch = open_run(cfg)  # an eval sweep launched again skips its finished jobs
+        run.callback(launch.lock.release)
+        out = launch.out
+        if launch.state == "finished":
+            log.info("%s already holds this evaluation's results.json; skipped (a new run directory runs it again)", out)
+            return json.loads((out / "results.json").read_text())
+        torch.manual_seed(cfg.seed)
+        task = load_task(cfg.task, cfg.seed)
+        named = prompts_to_evaluate(cfg, task)
+        with ExitStack() as models:
+            scorer, _ = open_models(cfg, task, models)
+            rows = evaluate_prompts(scorer, task, list(named.values()))
+        results = eval_results(cfg, task, named, rows, scorer, time.time() - start)
+        write_json(out / "results.json", results)
+    by_name = dict(zip(named, rows))
+    print_table(
+        f"{task.name} on {cfg.target.name} (dev {len(task.dev)}, test {len(task.test)})",
+        ["prompt", "text", f"dev {metric_label(task)}", f"test {metric_label(task)}"]
+        + ([] if task.is_generation else ["test margin"]),
+        [[n, r["prompt"][:80] or "(empty)", r["dev_accuracy"], r["test_accuracy"]]
+         + ([] if task.is_generation else [r["test_margin"]]) for n, r in by_name.items()],
+    )
+    log.info("results written to %s", out / "results.json")
+    return results
+
+
+def eval_results(cfg: DictConfig, task: Task, named: dict[str, str], rows: list[dict], scorer: Scorer, wall_s: float) -> dict:
     by_name = dict(zip(named, rows))
     first = rows[0]
     results = {
@@ -115,21 +132,12 @@ def run_eval(cfg: DictConfig) -> dict:
         "template": task.template, "label_words": task.label_words, "metric": task.metric, "category": task.category,
         "prompts": [{"name": n, **r} for n, r in by_name.items()],
         "target_calls": scorer.calls, "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits,
-        "cache_misses": scorer.cache_misses, "wall_time_s": time.time() - start,
+        "cache_misses": scorer.cache_misses, "wall_time_s": wall_s,
     }
     for name in ("manual", "empty"):
         if name in by_name:
             results[f"{name}_test_accuracy"] = by_name[name]["test_accuracy"]
             results[f"{name}_dev_accuracy"] = by_name[name]["dev_accuracy"]
-    write_json(out / "results.json", results)
-    print_table(
-        f"{task.name} on {cfg.target.name} (dev {len(task.dev)}, test {len(task.test)})",
-        ["prompt", "text", f"dev {metric_label(task)}", f"test {metric_label(task)}"]
-        + ([] if task.is_generation else ["test margin"]),
-        [[n, r["prompt"][:80] or "(empty)", r["dev_accuracy"], r["test_accuracy"]]
-         + ([] if task.is_generation else [r["test_margin"]]) for n, r in by_name.items()],
-    )
-    log.info("results written to %s", out / "results.json")
     return results
 
 

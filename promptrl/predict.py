@@ -10,26 +10,39 @@ rest is scored. predictions.csv is rewritten from the JSONL at the end, atomical
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from promptrl.errors import UserError
 from promptrl.evaluate import read_prompt_file
 from promptrl.faults import crash_point
-from promptrl.scoring import build_scorer
+from promptrl.rundir import (
+    RunLock,
+    atomic_write_text,
+    ignored_overrides,
+    run_dir,
+    run_identity,
+    save_run_info,
+    saved_config,
+    write_json,
+)
 from promptrl.tasks import Example, Task, load_task
 from promptrl.tasks.custom import input_texts, normalise_label, read_table, require_columns
 from promptrl.tasks.metrics import score_answer
-from promptrl.tracking import atomic_write_text, print_table, run_dir, save_run_info, write_json
+from promptrl.tracking import print_table
 
 log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
+IDENTITY = "predict_identity.json"  # which prompt and target made the rows of predictions.jsonl
 
 
 def read_inputs(cfg: DictConfig, task: Task) -> list[dict]:
@@ -132,57 +145,88 @@ def csv_text(rows: list[dict], task: Task) -> str:
     return buf.getvalue()
 
 
-def run_predict(cfg: DictConfig) -> dict:
-    start = time.time()
-    out = run_dir()
-    if cfg.resume:
-        out = Path(cfg.resume).expanduser()
-        if not (out / "config_resolved.yaml").is_file():
-            raise UserError(f"resume={cfg.resume!r} is not a predict run directory (no config_resolved.yaml); "
-                            "expected the directory of an earlier `promptrl predict`")
-        cfg = OmegaConf.merge(OmegaConf.load(out / "config_resolved.yaml"), {"resume": str(out)})
-    elif not (out / PREDICTIONS).is_file():
-        save_run_info(out, cfg)
-    if cfg.batch_size < 1:
-        raise UserError(f"batch_size={cfg.batch_size}; expected a positive number of inputs per scoring call")
-    if not cfg.prompt_file:
-        raise UserError("promptrl predict needs prompt_file=PATH, e.g. a train run's best_prompt.txt")
-    prompt = read_prompt_file(cfg.prompt_file, allow_empty=True)  # a run that kept the empty prompt
-    task = load_task(cfg.task, cfg.seed)  # the classes and label words the prompt was tuned with
-    inputs = read_inputs(cfg, task)
-    path = out / PREDICTIONS
-    done = rows_done(path, inputs)
-    finished = {r["row"] for r in done}
-    todo = [r for r in inputs if r["row"] not in finished]
-    if done:
-        log.info("%d of %d inputs already predicted in %s; scoring the other %d", len(done), len(inputs), path, len(todo))
-    scorer = build_scorer(cfg.target, task, cfg.cache_dir) if todo else None
-    try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def predictions_identity(cfg: DictConfig, task: Task, prompt: str) -> dict:
+    """What decides a directory's predictions: the prompt (its hash), the target as a run's
+    identity counts it (weights, dtype, backend; not the server's URL or timeouts) and how the
+    task renders and scores an input. Rows made under another identity must not be mixed in."""
+    return {"prompt_sha256": hashlib.sha256(prompt.encode("utf-8")).hexdigest(),
+            **run_identity({"target": OmegaConf.to_container(cfg.target, resolve=True), "task": task.scoring_identity()})}
 
-        with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      disable=not cfg.logger.progress) as bar:
-            job = bar.add_task("predict", total=len(inputs), completed=len(done))
-            for i in range(0, len(todo), cfg.batch_size):
-                rows = predict_batch(scorer, task, prompt, todo[i:i + cfg.batch_size])
-                append_rows(path, rows)
-                done += rows
-                bar.update(job, completed=len(done))
-                crash_point("predict-after-batch")
-    finally:
-        if scorer is not None:
-            scorer.close()
-    done.sort(key=lambda r: r["row"])
-    atomic_write_text(out / "predictions.csv", csv_text(done, task))
-    scored = [r for r in done if "correct" in r or "score" in r]
-    results = {"task": task.name, "target": cfg.target.name, "prompt": prompt, "input_file": str(cfg.input_file),
-               "n_inputs": len(done), "n_labelled": len(scored), "target_calls": scorer.calls if scorer else 0,
-               "wall_time_s": time.time() - start}
-    if scored:
-        key = "score" if task.is_generation else "correct"
-        results["accuracy"] = sum(float(r[key]) for r in scored) / len(scored)
-        results["metric"] = task.metric
-    write_json(out / "results.json", results)
+
+def check_identity(out: Path, identity: dict) -> None:
+    path = out / IDENTITY
+    if path.is_file():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved != identity:
+            differs = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+            what = " and ".join("prompt" if k == "prompt_sha256" else k for k in differs)
+            raise UserError(f"{out / PREDICTIONS} holds predictions of another {what}; predict into a new run "
+                            "directory (or give the same prompt_file and target)")
+    elif (out / PREDICTIONS).is_file() and (out / PREDICTIONS).stat().st_size:
+        raise UserError(f"{out / PREDICTIONS} holds predictions of an unknown prompt and target (no {IDENTITY}); "
+                        "predict into a new run directory")
+    else:
+        write_json(path, identity)
+
+
+def find_predict_run(resume: str) -> Path:
+    out = Path(resume).expanduser()
+    if not (out / "config_resolved.yaml").is_file():
+        raise UserError(f"resume={resume!r} is not a predict run directory (no config_resolved.yaml); "
+                        "expected the directory of an earlier `promptrl predict`")
+    return out
+
+
+def run_predict(cfg: DictConfig) -> dict:
+    from promptrl.engines import open_models
+
+    start = time.time()
+    out = find_predict_run(cfg.resume) if cfg.resume else run_dir()
+    with ExitStack() as run:
+        lock = RunLock(out)  # one writer of predictions.jsonl at a time
+        run.callback(lock.release)
+        if cfg.resume:
+            if ignored_overrides():
+                log.warning("resume=%s continues with the run's saved config; ignored: %s", cfg.resume, " ".join(ignored_overrides()))
+            cfg = saved_config(out, cfg)
+        elif not (out / PREDICTIONS).is_file():
+            save_run_info(out, cfg)
+        if cfg.batch_size < 1:
+            raise UserError(f"batch_size={cfg.batch_size}; expected a positive number of inputs per scoring call")
+        if not cfg.prompt_file:
+            raise UserError("promptrl predict needs prompt_file=PATH, e.g. a train run's best_prompt.txt")
+        prompt = read_prompt_file(cfg.prompt_file, allow_empty=True)  # a run that kept the empty prompt
+        task = load_task(cfg.task, cfg.seed)  # the classes and label words the prompt was tuned with
+        check_identity(out, predictions_identity(cfg, task, prompt))
+        inputs = read_inputs(cfg, task)
+        path = out / PREDICTIONS
+        done = rows_done(path, inputs)
+        finished = {r["row"] for r in done}
+        todo = [r for r in inputs if r["row"] not in finished]
+        if done:
+            log.info("%d of %d inputs already predicted in %s; scoring the other %d", len(done), len(inputs), path, len(todo))
+        with ExitStack() as models:
+            scorer = open_models(cfg, task, models)[0] if todo else None
+            with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          disable=not cfg.logger.progress) as bar:
+                job = bar.add_task("predict", total=len(inputs), completed=len(done))
+                for i in range(0, len(todo), cfg.batch_size):
+                    rows = predict_batch(scorer, task, prompt, todo[i:i + cfg.batch_size])
+                    append_rows(path, rows)
+                    done += rows
+                    bar.update(job, completed=len(done))
+                    crash_point("predict-after-batch")
+        done.sort(key=lambda r: r["row"])
+        atomic_write_text(out / "predictions.csv", csv_text(done, task))
+        scored = [r for r in done if "correct" in r or "score" in r]
+        results = {"task": task.name, "target": cfg.target.name, "prompt": prompt, "input_file": str(cfg.input_file),
+                   "n_inputs": len(done), "n_labelled": len(scored), "target_calls": scorer.calls if scorer else 0,
+                   "wall_time_s": time.time() - start}
+        if scored:
+            key = "score" if task.is_generation else "correct"
+            results["accuracy"] = sum(float(r[key]) for r in scored) / len(scored)
+            results["metric"] = task.metric
+        write_json(out / "results.json", results)
     title = f"{len(done)} predictions in {path}"
     if scored:
         title += f"; {task.metric} {results['accuracy']:.4f} on the {len(scored)} labelled inputs"

@@ -14,7 +14,8 @@ versions are compared before each sampling call and a changed adapter is synced 
 old log-probs are still computed by the training model; vLLM's own are kept to log the gap.
 
 When the target is the same base model on a vLLM engine (the embedded default), one engine
-serves both: target requests carry no adapter, agent requests carry the policy's or the anchor's.
+serves both: target requests carry no adapter, agent requests carry the policy's or the anchor's
+(which engines exist and who starts them: promptrl/engines.py).
 """
 
 from __future__ import annotations
@@ -41,49 +42,6 @@ def engine_lora_rank(rank: int) -> int:
             return r
     raise UserError(f"agent.lora_r={rank} is above the largest LoRA rank vLLM serves ({VLLM_LORA_RANKS[-1]}); "
                     "use agent.backend=hf or a smaller rank")
-
-
-def shares_engine(cfg) -> bool:
-    """True when one vLLM engine can serve the target and, through adapters, the agent: both on
-    vLLM, the same weights (path and revision), dtype and device."""
-    from promptrl.models import model_path
-    from promptrl.scoring.vllm_engine import engine_dtype
-
-    agent, target = cfg.agent, cfg.target
-    if agent.backend != "vllm" or target.backend != "vllm":
-        return False
-    same = (model_path(agent, cfg.cache_dir) == model_path(target, cfg.cache_dir) and agent.revision == target.revision
-            and engine_dtype(agent) == engine_dtype(target) and agent.device == target.device)
-    return same
-
-
-def check_gpu_memory(cfg, gpus: tuple[torch.device, torch.device]) -> None:
-    """Two vLLM engines on one GPU (agent and target on different models) each take their
-    gpu_memory_utilization of it when they start, and the agent's training copy needs some of
-    what is left; a plan that adds up past 0.9 fails when the second engine starts, so refuse
-    it before anything loads. `gpus`: the agent's and the target's resolved devices."""
-    agent_dev, target_dev = gpus
-    if agent_dev.type != "cuda" or target_dev.type != "cuda" or (agent_dev.index or 0) != (target_dev.index or 0):
-        return
-    if cfg.agent.backend != "vllm" or cfg.target.backend != "vllm" or shares_engine(cfg):
-        return
-    t, a = cfg.target.vllm.gpu_memory_utilization, cfg.agent.vllm.gpu_memory_utilization
-    if t + a > 0.9:
-        raise UserError(f"target.vllm.gpu_memory_utilization={t} + agent.vllm.gpu_memory_utilization={a} = {t + a:.2f} "
-                        f"of one GPU for two engines; expected at most 0.9 in all (the agent's training copy needs "
-                        f"the rest), e.g. target.vllm.gpu_memory_utilization=0.55 agent.vllm.gpu_memory_utilization=0.25")
-
-
-def start_agent_engine(cfg):
-    """The agent's engine; when `shares_engine`, the target's too, with target.vllm's options."""
-    from promptrl.scoring.vllm_engine import start_engine
-
-    shared = shares_engine(cfg)
-    engine_cfg, where = (cfg.target.vllm, "target.vllm") if shared else (cfg.agent.vllm, "agent.vllm")
-    llm = start_engine(cfg.agent, engine_cfg, cfg.cache_dir, where, cfg.target.num_threads if shared else None,
-                       lora_rank=engine_lora_rank(cfg.agent.lora_r))
-    log.info("agent rollouts on vLLM (%s)", "one engine with the target" if shared else "an engine of its own")
-    return llm
 
 
 class VLLMRollouts:

@@ -1,22 +1,22 @@
-"""Run records: the run directory, metrics JSONL, wandb, rich output and results.json."""
+"""Run records: metrics JSONL, wandb, package versions and the code's commit, rich tables.
+(The run directory itself — lock, atomic files, secrets — is promptrl/rundir.py.)"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import math
 import os
-import re
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
+
+from promptrl.rundir import atomic_write_text, jsonable, redact
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -24,45 +24,6 @@ console = Console(stderr=True)
 PACKAGES = ("promptrl", "torch", "transformers", "peft", "datasets", "hydra-core", "vllm", "wandb")
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = ("promptrl", "conf")  # a checkout's outputs/ and docs/ change under a study; its code must not
-SECRET_KEY = re.compile(r"(^|_)(token|secret|password|passwd|api_?key|auth)$", re.IGNORECASE)
-
-
-def run_dir() -> Path:
-    """The Hydra run directory: the single home of a run's outputs."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return Path(HydraConfig.get().runtime.output_dir)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same directory and rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "item"):
-        return _jsonable(x.item())
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def write_json(path: Path, obj: dict) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 def package_versions() -> dict[str, str]:
@@ -90,21 +51,6 @@ def source_commit(root: Path = SOURCE_ROOT) -> str | None:
     return head.stdout.strip() + ("+dirty" if changed.stdout.strip() else "")
 
 
-def redact(obj: Any) -> Any:
-    """Drop values of keys that look like credentials before anything is saved."""
-    if isinstance(obj, dict):
-        return {k: ("<redacted>" if SECRET_KEY.search(str(k)) else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def save_run_info(directory: Path, cfg: DictConfig) -> None:
-    resolved = redact(OmegaConf.to_container(cfg, resolve=True))
-    atomic_write_text(directory / "config_resolved.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    write_json(directory / "versions.json", {**package_versions(), "promptrl_commit": source_commit()})
-
-
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     table = Table(title=title)
     for c in columns:
@@ -127,14 +73,17 @@ class Tracker:
         if resume_step is not None and self.path.exists():
             kept = [l for l in self.path.read_text().splitlines() if l.strip() and _row_step(l) is not None and _row_step(l) <= resume_step]
             atomic_write_text(self.path, "".join(l + "\n" for l in kept))
-        elif resume_step is None:
-            self.path.unlink(missing_ok=True)
+        elif resume_step is None and self.path.exists():
+            # a run started over (no checkpoint to resume): the earlier rows are kept aside, not deleted
+            n = 1 + sum(1 for _ in directory.glob("metrics-earlier-*.jsonl"))
+            os.replace(self.path, directory / f"metrics-earlier-{n}.jsonl")
+            log.warning("%s held rows of an earlier start with no checkpoint; kept as metrics-earlier-%d.jsonl", self.path, n)
         self.wandb = None
         if logger_cfg.wandb:
             self.wandb = _init_wandb(directory, logger_cfg, config or {}, identity or {})
 
     def log(self, row: dict) -> None:
-        row = _jsonable(row)
+        row = jsonable(row)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.wandb is not None:
@@ -142,11 +91,20 @@ class Tracker:
 
     def summary(self, results: dict) -> None:
         if self.wandb is not None:
-            self.wandb.summary.update({k: v for k, v in _jsonable(results).items() if isinstance(v, (int, float, str))})
+            self.wandb.summary.update({k: v for k, v in jsonable(results).items() if isinstance(v, (int, float, str))})
 
-    def close(self) -> None:
+    def close_on_exit(self, kind, error, traceback) -> None:
+        """An ExitStack exit callback: wandb's run ends failed (exit code 1) when the block raised,
+        finished when it ended or stopped gracefully (Interrupted: it resumes later)."""
+        from promptrl.interrupts import Interrupted
+
+        self.close(exit_code=1 if kind is not None and not issubclass(kind, Interrupted) else 0)
+
+    def close(self, exit_code: int = 0) -> None:
+        """End the wandb run: exit_code 1 marks it failed in the UI (a crash, an error)."""
         if self.wandb is not None:
-            self.wandb.finish()
+            self.wandb.finish(exit_code=exit_code)
+            self.wandb = None
 
 
 def _row_step(line: str) -> int | None:
@@ -173,13 +131,18 @@ def wandb_identity(config: dict) -> dict:
     return identity
 
 
+def wandb_run_id(directory: Path) -> str:
+    """One wandb id per run directory, so a resumed run continues its wandb run: a hash of the
+    whole path (its last characters alone are shared by e.g. .../sweep_a/3 and .../sweep_b/3)."""
+    return hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:32]
+
+
 def _init_wandb(directory: Path, cfg, config: dict, identity: dict):
     import wandb
 
     kwargs = dict(project=cfg.project, entity=cfg.entity, group=cfg.group or identity.get("group"),
                   tags=list(cfg.tags) or identity.get("tags") or None, dir=str(directory), config=redact(config),
-                  name=identity.get("name", directory.name), resume="allow",
-                  id=re.sub(r"[^A-Za-z0-9_-]", "-", str(directory.resolve()))[-64:])
+                  name=identity.get("name", directory.name), resume="allow", id=wandb_run_id(directory))
     try:
         return wandb.init(mode=cfg.mode, **kwargs)
     except Exception as e:  # unreachable server, bad key: keep the run, log offline

@@ -177,8 +177,8 @@ def appo_step(threads: int, agent_backend: str, agent_dtype: str, steps: int = 3
     on vLLM, load the adapters). agent_backend=vllm runs the fastest arrangement: one engine for
     the target and the agent's adapters, in the agent's dtype."""
     from promptrl.algos.appo import APPOTrainer
-    from promptrl.rollouts import shares_engine, start_agent_engine
-    from promptrl.train import build_agent, seed_everything
+    from promptrl.engines import build_agent, shares_engine, start_agent_engine
+    from promptrl.train import seed_everything
 
     overrides = ["algo=appo", "agent.max_new_tokens=64", f"agent.dtype={agent_dtype}", "algo.prompts_per_step=4",
                  "algo.batch_size=16", "target.score_cache=false", f"target.num_threads={threads}"]

@@ -202,7 +202,8 @@ def test_opro_resume_continues_the_same_history(tmp_path):
     cut.run()
     resumed = OPRO(cfg(OPROConfig, steps=4, prompts_per_step=3), task, QualityScorer(task, {}), ScriptedAgent(script[3:]),
                    tmp_path / "b")
-    assert resumed.try_resume() and resumed.opt_steps == 2
+    resumed.resume()
+    assert resumed.opt_steps == 2
     resumed.run()
     assert [h["prompt"] for h in resumed.history] == [h["prompt"] for h in full.history]
     assert resumed.queue.items == full.queue.items and resumed.scorer.calls == full.scorer.calls

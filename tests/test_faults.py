@@ -53,15 +53,20 @@ def test_killed_run_resumes_to_the_uninterrupted_result(crash_at, corrupt_newest
     assert not (run / "results.json").exists()
     ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"))
     for c in ckpts:  # whatever survived a kill is whole
-        torch.load(c, map_location="cpu", weights_only=False)
+        torch.load(c, map_location="cpu", weights_only=True)  # plain data: no code runs on load
     if crash_at.startswith("mid-checkpoint-write"):
         assert [c.name for c in ckpts] == ["ckpt-0000001.pt", "ckpt-0000002.pt"]
         assert list((run / "checkpoints").glob(".ckpt-*.tmp"))  # the half-written temp file, never loaded
     if corrupt_newest:
         ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])
 
-    r = train(shared_data, f"resume={run}", f"hydra.run.dir={tmp_path / 'resume-log'}", "logger.progress=false")
+    # resume= continues in the run's own directory (log and .hydra/ record there) and says which
+    # overrides it does not apply
+    r = train(shared_data, f"resume={run}", "algo.epochs=7", "logger.progress=false")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "ignored: algo.epochs=7" in r.stdout + r.stderr
+    assert list((run / ".hydra").glob("resume-*/overrides.yaml"))
+    assert "resuming run" in (run / "train.log").read_text()
     if corrupt_newest:
         assert "is unreadable" in r.stdout + r.stderr
 

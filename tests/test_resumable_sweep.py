@@ -10,8 +10,7 @@ from omegaconf import OmegaConf
 
 from promptrl.cli import CONF_DIR
 from promptrl.errors import UserError
-from promptrl.tracking import save_run_info, write_json
-from promptrl.train import earlier_launch
+from promptrl.rundir import earlier_launch, save_run_info, write_json
 
 from conftest import TINY, run_cli
 

@@ -12,8 +12,9 @@ from hydra import compose, initialize_config_dir
 
 from promptrl.agent import ANCHOR, POLICY, Agent
 from promptrl.config import register_configs
+from promptrl.engines import check_gpu_memory, shares_engine
 from promptrl.errors import UserError
-from promptrl.rollouts import check_gpu_memory, engine_lora_rank, shares_engine
+from promptrl.rollouts import engine_lora_rank
 
 from conftest import REPO, SHARED_DATA, make_model, make_tokenizer
 

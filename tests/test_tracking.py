@@ -3,7 +3,8 @@ import subprocess
 from types import SimpleNamespace
 
 from promptrl.prompt_queue import PromptQueue
-from promptrl.tracking import Tracker, redact, save_run_info, source_commit
+from promptrl.rundir import redact, save_run_info
+from promptrl.tracking import Tracker, source_commit
 
 
 def test_redact_hides_credentials_but_not_token_counts():

@@ -14,10 +14,9 @@ from hydra import compose, initialize_config_dir
 from promptrl.agent import ANCHOR, BASE, POLICY
 from promptrl.algos.appo import APPOTrainer
 from promptrl.config import register_configs
-from promptrl.rollouts import shares_engine, start_agent_engine
+from promptrl.engines import build_agent, shares_engine, start_agent_engine
 from promptrl.scoring import build_scorer
 from promptrl.tasks import load_task
-from promptrl.train import build_agent
 
 from conftest import REPO, SHARED_DATA
 

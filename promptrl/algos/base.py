@@ -43,6 +43,26 @@ def check_common(cfg) -> None:
             raise UserError(f"algo.{key}={cfg[key]}; expected a finite number")
 
 
+def resume_state(out_dir: Path) -> dict:
+    """The newest readable checkpoint of a run directory. A resume was asked for (or a relaunched
+    job found checkpoints), so finding none that loads is an error, never a silent restart."""
+    directory = out_dir / "checkpoints"
+    state = load_latest_checkpoint(directory)  # raises when there are checkpoints but none loads
+    if state is None:
+        raise UserError(f"cannot resume: {directory} holds no checkpoint; nothing was changed "
+                        "(launch without resume= to start a new run)")
+    return state
+
+
+def restore_cuda_rng(states: list[torch.Tensor] | None) -> None:
+    """The CUDA generators' states, for the devices this machine has: a run checkpointed on 8
+    GPUs may resume on 1 (and one checkpointed on a CPU has none to restore)."""
+    if states is None or not torch.cuda.is_available():
+        return
+    for device, rng in enumerate(states[:torch.cuda.device_count()]):
+        torch.cuda.set_rng_state(rng, device)
+
+
 class PromptOptimizer:
     needs_agent = True  # False: train.py does not load an agent model at all
 
@@ -202,17 +222,13 @@ class PromptOptimizer:
         self.queue.load_state_dict(state["queue"])
         self.rng.setstate(state["rng_python"])
         torch.set_rng_state(state["rng_torch"])
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        restore_cuda_rng(state.get("rng_cuda"))
         self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
         self.load_extra_state(state["extra"])
 
     def save(self) -> None:
         save_checkpoint(self.out_dir / "checkpoints", self.step, self.state_dict())
 
-    def try_resume(self) -> bool:
-        state = load_latest_checkpoint(self.out_dir / "checkpoints")
-        if state is None:
-            return False
-        self.load_state_dict(state)
-        return True
+    def resume(self) -> None:
+        """Continue from the newest readable checkpoint (see `resume_state`)."""
+        self.load_state_dict(resume_state(self.out_dir))

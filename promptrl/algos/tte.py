@@ -21,8 +21,8 @@ from promptrl.algos.appo import APPOTrainer
 from promptrl.errors import UserError
 from promptrl.evaluate import evaluate_prompts
 from promptrl.prompts import format_demos, tte_message
+from promptrl.rundir import atomic_write_text
 from promptrl.tasks import Example
-from promptrl.tracking import atomic_write_text
 
 log = logging.getLogger(__name__)
 

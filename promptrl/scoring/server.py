@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import torch
@@ -31,6 +32,22 @@ from promptrl.tasks import Task
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def read_key_file(name: str | None) -> str | None:
+    """The API key in the first line of a file (target.server.api_key_file); a file others can
+    read is used with a warning, since the key is then not a secret on that machine."""
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    try:
+        key = path.read_text(encoding="utf-8").strip().splitlines()[0].strip()
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise UserError(f"target.server.api_key_file={name!r} cannot be read ({type(e).__name__}); expected a file "
+                        "whose first line is the key, e.g. vllm-server-<jobid>.key") from None
+    if path.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users (mode %o); chmod 600 it", path, path.stat().st_mode & 0o777)
+    return key
 
 
 class ServerScorer(Scorer):
@@ -48,6 +65,9 @@ class ServerScorer(Scorer):
         self.served_model = served_model
         self.concurrency, self.batch_size = concurrency, batch_size
         self.max_retries, self.backoff_s = max_retries, backoff_s
+        if api_key == "<redacted>":  # a saved config's placeholder is never a key (promptrl/rundir.py)
+            raise UserError("target.server.api_key is the placeholder <redacted> from a saved config; give the key "
+                            "through the environment, e.g. target.server.api_key='${oc.env:OPENAI_API_KEY}'")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=timeout_s, headers=headers,
                                    limits=httpx.Limits(max_connections=concurrency))
@@ -64,7 +84,7 @@ class ServerScorer(Scorer):
     def from_config(cls, cfg, task: Task, cache_dir: str) -> ServerScorer:
         s = cfg.server
         return cls(load_tokenizer(cfg, cache_dir), task, cfg.name, s.url, s.served_model or cfg.model,
-                   api_key=s.api_key, concurrency=s.concurrency, batch_size=s.batch_size, timeout_s=s.timeout_s,
+                   api_key=s.api_key or read_key_file(s.get("api_key_file")), concurrency=s.concurrency, batch_size=s.batch_size, timeout_s=s.timeout_s,
                    max_retries=s.max_retries, backoff_s=s.backoff_s, revision=cfg.revision)
 
     def close(self) -> None:

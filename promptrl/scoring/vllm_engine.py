@@ -98,12 +98,18 @@ class VLLMScorer(Scorer):
     def from_config(cls, cfg, task: Task, cache_dir: str, llm=None) -> VLLMScorer:
         """`llm`: an engine already serving this model (the agent's, when agent and target are one
         base model); else one is started from target.vllm."""
-        llm = llm if llm is not None else start_engine(cfg, cfg.vllm, cache_dir, "target.vllm", cfg.num_threads)
-        dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
-        identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype}
-        if cfg.gguf_package:  # the weights are the package's, whatever target.model says
-            identity["weights"] = package_version(cfg.gguf_package)
-        return cls(llm, load_tokenizer(cfg, cache_dir), task, cfg.name, identity)
+        own = llm is None
+        llm = start_engine(cfg, cfg.vllm, cache_dir, "target.vllm", cfg.num_threads) if own else llm
+        try:
+            dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+            identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype}
+            if cfg.gguf_package:  # the weights are the package's, whatever target.model says
+                identity["weights"] = package_version(cfg.gguf_package)
+            return cls(llm, load_tokenizer(cfg, cache_dir), task, cfg.name, identity)
+        except BaseException:
+            if own:  # an engine this call started is a process of its own: never leave it running
+                shutdown(llm)
+            raise
 
     def close(self) -> None:
         shutdown(self.llm)
