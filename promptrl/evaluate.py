@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.faults import crash_point
 from promptrl.rundir import open_run, write_json
-from promptrl.scoring import Scorer
-from promptrl.tasks import Task, load_task
+from promptrl.scoring import ClassificationScores, GenerationScores, Scorer
+from promptrl.tasks import Example, Task, load_task
 from promptrl.tracking import print_table
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,29 @@ def metric_label(task: Task) -> str:
     return task.metric if task.is_generation else "acc"
 
 
-def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str], keep_dev_correct: bool = False) -> list[dict]:
-    """Dev and test accuracy of each prompt; one batched scoring call per split. With
-    keep_dev_correct, each row also holds its per-example dev scores (for paired comparisons)."""
-    dev = scorer.score(prompts, task.dev)
+def score_with_progress(scorer: Scorer, prompts: list[str], examples: list[Example], what: str):
+    """`scorer.score(prompts, examples)` in about twenty pieces of the examples, each still one
+    batched call over every prompt, so a bar can say how far a long evaluation is (and its ETA);
+    every score is the one a single call would give (each is computed per prompt and input)."""
+    parts = []
+    with progress.bar(what, total=len(prompts) * len(examples)) as b:
+        for piece in progress.chunks(examples):
+            parts.append(scorer.score(prompts, piece))
+            b.advance(len(prompts) * len(piece))
+    if isinstance(parts[0], GenerationScores):
+        return GenerationScores(values=torch.cat([p.values for p in parts], dim=1))
+    return ClassificationScores(label_logprobs=torch.cat([p.label_logprobs for p in parts], dim=1),
+                                labels=torch.cat([p.labels for p in parts]))
+
+
+def evaluate_prompts(scorer: Scorer, task: Task, prompts: list[str], keep_dev_correct: bool = False,
+                     what: str = "evaluation") -> list[dict]:
+    """Dev and test accuracy of each prompt, batched over the prompts. With keep_dev_correct,
+    each row also holds its per-example dev scores (for paired comparisons)."""
+    n = f"{len(prompts)} prompt{'s' * (len(prompts) != 1)}"
+    dev = score_with_progress(scorer, prompts, task.dev, f"{what}: dev, {n}")
     crash_point("between-dev-and-test")
-    test = scorer.score(prompts, task.test)
+    test = score_with_progress(scorer, prompts, task.test, f"{what}: test, {n}")
     rows = [
         {"prompt": p, "dev_accuracy": dev.accuracy[i].item(), "dev_margin": dev.margin[i].item(),
          "test_accuracy": test.accuracy[i].item(), "test_margin": test.margin[i].item()}
@@ -102,6 +120,7 @@ def run_eval(cfg: DictConfig) -> dict:
         if launch.state == "finished":
             log.info("%s already holds this evaluation's results.json; skipped (a new run directory runs it again)", out)
             return json.loads((out / "results.json").read_text())
+        progress.set_enabled(cfg.logger.progress)
         torch.manual_seed(cfg.seed)
         task = load_task(cfg.task, cfg.seed)
         named = prompts_to_evaluate(cfg, task)
@@ -157,7 +176,7 @@ def final_evaluation(scorer: Scorer, task: Task, queue: list[dict], keep_baselin
     """
     queued = [q["prompt"] for q in queue]
     extra = [task.manual_prompt, ""]
-    rows = evaluate_prompts(scorer, task, queued + extra, keep_dev_correct=True)
+    rows = evaluate_prompts(scorer, task, queued + extra, keep_dev_correct=True, what="final evaluation")
     for row, q in zip(rows, queue):
         row["train_reward"] = q.get("reward")
         row["step"] = q.get("step")

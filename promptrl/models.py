@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from promptrl import progress
 from promptrl.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,11 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     if (out_dir / "config.json").is_file():
         return out_dir
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
+    with progress.bar(f"converting {gguf_path.name} to safetensors (once)"):
+        return _convert_gguf(gguf_path, out_dir)
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     if gguf_adds_bos(gguf_path) and tokenizer.bos_token_id is not None:
         # transformers' GGUF tokenizer drops tokenizer.ggml.add_bos_token; Gemma without its BOS
@@ -195,7 +201,8 @@ def load_model(cfg, cache_dir: str) -> tuple[PreTrainedModel, PreTrainedTokenize
     path = model_path(cfg, cache_dir)
     tok = load_tokenizer(cfg, cache_dir)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision, dtype=dtype)
+        with progress.bar(f"loading {cfg.name} ({dtype}, {device})"):
+            model = AutoModelForCausalLM.from_pretrained(path, revision=cfg.revision, dtype=dtype)
     except OSError as e:
         raise UserError(f"cannot load model {cfg.model!r}: {str(e).splitlines()[0]}") from e
     model.to(device).eval()

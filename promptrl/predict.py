@@ -20,8 +20,8 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.evaluate import read_prompt_file
 from promptrl.faults import crash_point
@@ -191,6 +191,7 @@ def run_predict(cfg: DictConfig) -> dict:
             cfg = saved_config(out, cfg)
         elif not (out / PREDICTIONS).is_file():
             save_run_info(out, cfg)
+        progress.set_enabled(cfg.logger.progress)
         if cfg.batch_size < 1:
             raise UserError(f"batch_size={cfg.batch_size}; expected a positive number of inputs per scoring call")
         if not cfg.prompt_file:
@@ -207,14 +208,12 @@ def run_predict(cfg: DictConfig) -> dict:
             log.info("%d of %d inputs already predicted in %s; scoring the other %d", len(done), len(inputs), path, len(todo))
         with ExitStack() as models:
             scorer = open_models(cfg, task, models)[0] if todo else None
-            with Progress(TextColumn("[bold]predict"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          disable=not cfg.logger.progress) as bar:
-                job = bar.add_task("predict", total=len(inputs), completed=len(done))
+            with progress.bar("predict", total=len(inputs), completed=len(done)) as bar:
                 for i in range(0, len(todo), cfg.batch_size):
                     rows = predict_batch(scorer, task, prompt, todo[i:i + cfg.batch_size])
                     append_rows(path, rows)
                     done += rows
-                    bar.update(job, completed=len(done))
+                    bar.update(completed=len(done))
                     crash_point("predict-after-batch")
         done.sort(key=lambda r: r["row"])
         atomic_write_text(out / "predictions.csv", csv_text(done, task))

@@ -12,6 +12,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from promptrl import progress
 from promptrl.algos.base import resume_state
 from promptrl.engines import open_models
 from promptrl.errors import UserError
@@ -61,6 +62,7 @@ def run_train(cfg: DictConfig) -> dict:
         # Logged on every launch: a run resumed across sessions may finish on other code than it began.
         log.info("promptrl code: %s", source_commit() or f"installed package {package_versions().get('promptrl')}")
         check_run_settings(cfg)
+        progress.set_enabled(cfg.logger.progress)
         trainer_cls = trainer_class(cfg)
         seed_everything(cfg.seed)
         task = load_task(cfg.task, cfg.seed)

@@ -13,6 +13,7 @@ step's target calls. Calls made by the final evaluation are not counted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from promptrl import progress as progress_bars
 from promptrl.agent import Agent
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
@@ -85,7 +87,8 @@ class PromptOptimizer:
         self.seed = seed
         self.checkpoint_every = checkpoint_every
         self.budget_calls = budget_calls
-        self.progress = progress
+        self.progress = progress  # training's bar on the console
+        self.bar = progress_bars.Bar()  # training's progress row while run() runs
         self.rng = random.Random(seed)  # demonstrations, batches, subsets
         self.queue = PromptQueue(cfg.queue_size)
         self.step = 0  # steps done
@@ -164,16 +167,14 @@ class PromptOptimizer:
     def log(self, row: dict) -> None:
         if self.tracker is not None:
             self.tracker.log(row)
+        if self.budget_calls is not None:  # one long step (GEPA's whole search) moves the bar too
+            self.show_progress()
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         start = time.time()
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}")]
-        with Progress(*columns, disable=not self.progress) as bar, StopRequests() as stop:
-            job = bar.add_task(f"{self.cfg.name} {self.task.name}", total=self.total_steps(), completed=self.step, info="")
+        with self.progress_bar() as bar, StopRequests() as stop:
+            self.bar = bar
             while not self.finished() and not self.budget_spent():
                 step_start = time.time()
                 row = {"step": self.step, **self.train_step()}
@@ -183,7 +184,7 @@ class PromptOptimizer:
                 self.log(row)
                 self.after_step()
                 self.step += 1
-                bar.update(job, completed=self.step, info=self.progress_info(row))
+                self.show_progress(info=self.progress_info(row))
                 periodic = self.checkpoint_every and self.step % self.checkpoint_every == 0
                 if periodic or (stop.signum and self.checkpoint_every):
                     self.elapsed += time.time() - start
@@ -192,7 +193,24 @@ class PromptOptimizer:
                 if stop.signum:
                     self.elapsed += time.time() - start
                     raise Interrupted(stop.signum, self.stopped_message(stop.signum))
+        self.bar = progress_bars.Bar()
         self.elapsed += time.time() - start
+
+    def progress_bar(self):
+        """Training's bar: in target calls when a budget is set (then it, not the schedule, is
+        what ends the run: APE under a 64-call budget shows 64, not its 700 candidates), else in
+        the schedule's steps."""
+        name = f"{self.cfg.name} {self.task.name}"
+        if not self.progress:
+            return contextlib.nullcontext(progress_bars.Bar())
+        if self.budget_calls is not None:
+            return progress_bars.bar(f"{name} (target calls)", total=self.budget_calls,
+                                     completed=min(self.scorer.calls, self.budget_calls))
+        return progress_bars.bar(f"{name} (steps)", total=self.total_steps(), completed=self.step)
+
+    def show_progress(self, info: str | None = None) -> None:
+        done = min(self.scorer.calls, self.budget_calls) if self.budget_calls is not None else self.step
+        self.bar.update(completed=done, info=info)
 
     def stopped_message(self, signum: int) -> str:
         total = self.total_steps()

@@ -17,6 +17,7 @@ import os
 
 import torch
 
+from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer, model_path, package_version, resolve_device, resolve_dtype
 from promptrl.scoring import Scorer, cut_at_stop, label_tokens
@@ -61,12 +62,13 @@ def start_engine(model_cfg, engine, cache_dir: str, where: str, num_threads: int
     if lora_rank is not None:
         options.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=max_loras)
     try:
-        llm = vllm.LLM(
-            model=path, tokenizer=path, revision=model_cfg.revision, dtype=engine_dtype(model_cfg), seed=0,
-            tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
-            enforce_eager=engine.enforce_eager, enable_prefix_caching=engine.enable_prefix_caching,
-            **options, **engine.engine_kwargs,
-        )
+        with progress.bar(f"starting vLLM engine for {model_cfg.name} ({where})"):
+            llm = vllm.LLM(
+                model=path, tokenizer=path, revision=model_cfg.revision, dtype=engine_dtype(model_cfg), seed=0,
+                tensor_parallel_size=engine.tensor_parallel_size, gpu_memory_utilization=engine.gpu_memory_utilization,
+                enforce_eager=engine.enforce_eager, enable_prefix_caching=engine.enable_prefix_caching,
+                **options, **engine.engine_kwargs,
+            )
     except (ValueError, TypeError) as e:  # vLLM's own check of an engine option
         raise UserError(f"vLLM rejected the {where} options: {str(e).splitlines()[0]}") from e
     log.info("vLLM engine: %s in %s, max_model_len %d, LoRA %s, threads bind %s", path, engine_dtype(model_cfg),
