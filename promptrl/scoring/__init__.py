@@ -23,6 +23,14 @@ from promptrl.tasks.metrics import score_answer
 
 log = logging.getLogger(__name__)
 
+# The version of the scoring code, part of every score-cache key (cache_namespace). Bump it in any
+# change after which the same target weights, task and prompt would get another score: how texts
+# are tokenised, cut to the context (fit_context) or rendered, how label words are read or summed,
+# how answers are generated, cut (cut_at_stop) or graded (tasks/metrics.py). Otherwise the cache
+# serves the old code's scores as if they were the new code's. Old entries are not deleted, just
+# never served again (`promptrl cache merge` keeps them; delete <cache_dir>/scores/ to reclaim them).
+SCORING_VERSION = 1
+
 
 @dataclass
 class ClassificationScores:
@@ -354,17 +362,25 @@ def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
 
 def cache_namespace(scorer: Scorer) -> str:
     """The score cache's key for everything but the prompt and the example: the scorer's identity
-    (backend, target model, revision, dtype) and the task's scoring identity (template and label
-    words; generation: template, metrics, max_new_tokens, stop). The task's name is not part of
-    it: it changes no score (and the namespaces stay those of the old SQLite store, whose entries
-    `promptrl cache merge` imports)."""
+    (backend, target model, which weights — the hub commit or the files' fingerprint —, revision,
+    dtype; a server: its URL and served model), the task's scoring identity (template and label
+    words; generation: template, metrics, max_new_tokens, stop) and SCORING_VERSION. The task's
+    name is not part of it: it changes no score."""
     from promptrl.scoring.cache import namespace
 
-    return namespace(**scorer.identity(), **scorer.task.scoring_identity())
+    return namespace(**scorer.identity(), **scorer.task.scoring_identity(), scoring_version=SCORING_VERSION)
 
 
 def attach_cache(scorer: Scorer, cache_dir: Path) -> None:
-    """Give `scorer` the prompt-score cache in `<cache_dir>/scores/` (promptrl/scoring/cache.py)."""
+    """Give `scorer` the prompt-score cache in `<cache_dir>/scores/` (promptrl/scoring/cache.py),
+    unless it cannot tell which weights it scores with (its identity's `weights` is None): then the
+    run scores without a cache rather than risk serving another model's scores."""
     from promptrl.scoring.cache import ScoreCache
 
+    identity = scorer.identity()
+    if "weights" in identity and identity["weights"] is None:
+        log.warning("score cache off: cannot tell which weights of %s the target loaded (not a local directory, "
+                    "and no hub commit in the local hub cache); set target.revision to a commit to cache its scores",
+                    identity.get("model"))
+        return
     scorer.cache = ScoreCache(Path(cache_dir), cache_namespace(scorer))

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from promptrl.hfcompat import cache_kwargs, output_cache
-from promptrl.models import load_model, output_logits
+from promptrl.models import load_model, model_path, output_logits, parameter_fingerprint, weights_identity
 from promptrl.scoring import Scorer, cut_at_stop, label_tokens, stopped_after_text
 from promptrl.tasks import Task
 
@@ -37,9 +37,10 @@ class HFScorer(Scorer):
     """
 
     def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True,
-                 revision: str | None = None):
+                 revision: str | None = None, weights: str | None = None):
         super().__init__(task, name)
         self.revision = revision
+        self.weights = weights  # models.weights_identity of the files loaded; None: fingerprint the parameters
         self.prefix_reuse = prefix_reuse
         self.model = model
         self.tokenizer = tokenizer
@@ -51,10 +52,13 @@ class HFScorer(Scorer):
         self.max_len = getattr(model.config, "max_position_embeddings", None)
 
     def identity(self) -> dict:
+        """Which weights (the loaded files' commit or fingerprint, or the parameters' own), loaded
+        how: dtype, revision."""
         config = self.model.config
         return {"scorer": "hf", "name": self.name, "model": getattr(config, "_name_or_path", ""),
                 "revision": self.revision, "dtype": str(self.model.dtype),
-                "vocab": config.vocab_size, "layers": getattr(config, "num_hidden_layers", None)}
+                "vocab": config.vocab_size, "layers": getattr(config, "num_hidden_layers", None),
+                "weights": self.weights or parameter_fingerprint(self.model)}
 
     @classmethod
     def from_config(cls, cfg, task: Task, cache_dir: str) -> HFScorer:
@@ -62,8 +66,9 @@ class HFScorer(Scorer):
             torch.set_num_threads(cfg.num_threads)
         model, tok = load_model(cfg, cache_dir)
         log.info("HF scorer: %s, %d torch threads", model.dtype, torch.get_num_threads())
+        weights = weights_identity(model_path(cfg, cache_dir), cfg.revision, getattr(model.config, "_commit_hash", None))
         return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse,
-                   revision=cfg.revision)
+                   revision=cfg.revision, weights=weights)
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         if self.labels.single:
