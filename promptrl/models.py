@@ -252,6 +252,24 @@ def load_tokenizer(cfg, cache_dir: str) -> PreTrainedTokenizerBase:
     return tok
 
 
+def context_length(model, tokenizer) -> int | None:
+    """A model's context in tokens: the smaller of its config's max_position_embeddings and its
+    tokenizer's model_max_length, of those that are real (a tokenizer that sets none says 1e30)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    sizes = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    real = [int(n) for n in sizes if isinstance(n, int) and 0 < n < 10**9]
+    return min(real) if real else None
+
+
+def check_query_fits(query_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    """The agent's query and the instruction it writes must fit in its context: past it, every
+    sample is silently worse (positions it was never trained on), so refuse with the numbers."""
+    if context is not None and query_tokens + max_new_tokens > context:
+        raise UserError(f"the agent's query is {query_tokens} tokens + agent.max_new_tokens={max_new_tokens} = "
+                        f"{query_tokens + max_new_tokens}, more than the agent's context of {context} tokens; use fewer "
+                        "demonstrations (algo.num_demos), shorter inputs, or a smaller agent.max_new_tokens")
+
+
 def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """The model's own next-token logits (fp32) from final hidden states, for code that runs the
     decoder and the output layer separately (to send only some positions through it): the output
