@@ -100,7 +100,8 @@ def induction_file_problem(data: bytes) -> str | None:
     try:
         parsed = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-        return f"not UTF-8 at byte {e.start}"
+        line = data.count(b"\n", 0, e.start) + 1
+        return f"line {line} is not UTF-8"
     except json.JSONDecodeError as e:
         return f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"
     examples = parsed.get("examples") if isinstance(parsed, dict) else None
