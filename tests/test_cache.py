@@ -441,3 +441,17 @@ def test_each_gguf_file_of_a_package_converts_into_its_own_directory(tmp_path, m
              for f in ("m.Q4_K_M.gguf", "m.Q8_0.gguf")}
     assert len(set(paths.values())) == 2
     assert paths["m.Q8_0.gguf"] == str(tmp_path / "models" / "m-pkg-1.0-m.Q8_0")
+
+
+def test_the_vllm_scorer_names_the_weights_its_engine_loaded(tmp_path):
+    from promptrl.scoring.vllm_engine import VLLMScorer
+
+    class Engine:  # a vllm.LLM as VLLMScorer.from_config reads it, with no engine behind it
+        class llm_engine:
+            class model_config:
+                max_model_len, dtype = 1024, "torch.float32"
+
+    cfg = local_target(tmp_path, seed=0)
+    vllm_weights = VLLMScorer.from_config(cfg, make_task(), str(tmp_path), llm=Engine()).identity()["weights"]
+    assert vllm_weights.startswith("files:") and vllm_weights == HFScorer.from_config(cfg, make_task(), str(tmp_path)).identity()["weights"]
+    assert VLLMScorer.from_config(local_target(tmp_path, seed=1), make_task(), str(tmp_path), llm=Engine()).identity()["weights"] != vllm_weights
