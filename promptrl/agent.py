@@ -20,7 +20,7 @@ from torch import nn
 
 from promptrl.errors import UserError
 from promptrl.hfcompat import cache_kwargs, output_cache
-from promptrl.models import output_logits
+from promptrl.models import check_query_fits, context_length, output_logits
 from promptrl.prompts import build_query_text
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,9 @@ class Agent(nn.Module):
     def query_ids(self, user: str, prefix: str) -> torch.Tensor:
         """The query as the agent reads it: its chat template, or plain text (agent.no_chat_template)."""
         text = build_query_text(self.tokenizer, user, prefix, self.no_chat_template)
-        return torch.tensor(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        check_query_fits(len(ids), self.max_new_tokens, context_length(self.model, self.tokenizer))
+        return torch.tensor(ids)
 
     @torch.no_grad()
     def sample(self, query: torch.Tensor, n: int, adapter: str = POLICY) -> Samples:

@@ -185,7 +185,7 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
         cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]) if multirun else full
         key = (OmegaConf.to_yaml(cfg.task), cfg.seed)
         if key not in tasks:
-            tasks[key] = load_task(cfg.task, cfg.seed)
+            tasks[key] = load_task(cfg.task, cfg.seed, cfg.cache_dir)
         calls = plan_calls(cfg, tasks[key])
         seconds, basis = estimate_seconds(cfg, calls, runs)
         jobs.append({"overrides": list(overrides), **calls, "seconds": seconds, "basis": basis})
@@ -224,7 +224,7 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
 def run_check(cfg) -> dict:
     """Print the check; raises UserError (one line) for bad data or settings."""
     console = Console(soft_wrap=True)  # lines stay whole when piped or captured; tables still fit the width
-    task = load_task(cfg.task, cfg.seed)
+    task = load_task(cfg.task, cfg.seed, cfg.cache_dir)
     console.print(f"[bold]data[/bold]: {task.source}")
     for line in task.data_report:
         console.print(f"  {line}")

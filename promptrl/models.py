@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -106,9 +109,13 @@ def gguf_adds_bos(gguf_path: Path) -> bool:
     return bool(field is not None and field.data and field.parts[field.data[0]][0])
 
 
+CONVERTED_FROM = "promptrl_converted_from.json"  # in a converted directory: the GGUF file it came from
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint once into a plain safetensors directory (atomic rename, so
-    concurrent jobs never see half a checkpoint)."""
+    concurrent jobs never see half a checkpoint). The directory records its source file
+    (CONVERTED_FROM)."""
     if (out_dir / "config.json").is_file():
         return out_dir
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
@@ -132,6 +139,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        (tmp / CONVERTED_FROM).write_text(json.dumps({"gguf_file": gguf_path.name, "size": gguf_path.stat().st_size}))
         os.replace(tmp, out_dir)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,13 +148,103 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def converted_dir_name(name: str, package: str, gguf_file: str) -> str:
+    """`<config name>-<package version>-<GGUF file stem>`: each file of a package converts into a
+    directory of its own (a package may ship several quantisations). Directories of before, named
+    without the file, are not reused: nothing in them says which file they came from."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(gguf_file).stem)
+    return f"{name}-{package_version(package)}-{stem}"
+
+
 def model_path(cfg, cache_dir: str) -> str:
     """The directory or hub id transformers should load for a model config."""
     if cfg.gguf_package:
         cache = Path(cache_dir).expanduser()
         gguf = packaged_gguf_path(cfg.gguf_package, cfg.gguf_file, cache)
-        return str(convert_gguf(gguf, cache / "models" / f"{cfg.name}-{package_version(cfg.gguf_package)}"))
+        return str(convert_gguf(gguf, cache / "models" / converted_dir_name(cfg.name, cfg.gguf_package, cfg.gguf_file)))
     return cfg.model
+
+
+# --- which weights: the score cache's pin on the model -------------------------------------------
+# A local directory is fingerprinted, not hashed whole: a full SHA-256 of a 7B model's 15 GB takes
+# a minute or more from disk (far longer over NFS) at every run start and sweep job. Per file the
+# fingerprint reads its name, its size, its first and last MiB (for safetensors the header, i.e.
+# every tensor's name, dtype, shape and offset, and the first and last tensors' data) and
+# FINGERPRINT_SAMPLES blocks of FINGERPRINT_BLOCK bytes spread evenly in between (a fine-tune or
+# a merged LoRA saved with the same layout changes most of those). It misses an edit confined to
+# a few bytes between the samples; save changed weights under a new directory (its path is in the
+# score cache's key too). Being content-based, a copy of the same files (another node's local
+# disk) shares the cached scores.
+FINGERPRINT_EDGE = 1 << 20
+FINGERPRINT_SAMPLES = 64
+FINGERPRINT_BLOCK = 4096
+# Files of a model directory that do not change a score.
+NOT_WEIGHTS = re.compile(r"(?i)^(readme.*|license.*|notice.*|.*\.md|\..*)$")
+HUB_COMMIT = re.compile(r"/snapshots/([0-9a-f]{40})/")
+
+
+def file_fingerprint(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as f:
+        if size <= 2 * FINGERPRINT_EDGE + FINGERPRINT_SAMPLES * FINGERPRINT_BLOCK:
+            digest.update(f.read())  # small enough to hash whole
+            return digest.hexdigest()
+        digest.update(f.read(FINGERPRINT_EDGE))
+        span = size - 2 * FINGERPRINT_EDGE - FINGERPRINT_BLOCK
+        for k in range(FINGERPRINT_SAMPLES):
+            f.seek(FINGERPRINT_EDGE + span * k // max(1, FINGERPRINT_SAMPLES - 1))
+            digest.update(f.read(FINGERPRINT_BLOCK))
+        f.seek(size - FINGERPRINT_EDGE)
+        digest.update(f.read(FINGERPRINT_EDGE))
+    return digest.hexdigest()
+
+
+def directory_fingerprint(path: Path) -> str:
+    """Of every file at the top of a model directory (weights, config, tokenizer, remote code),
+    READMEs, licences and hidden files aside."""
+    digest = hashlib.sha256()
+    for entry in sorted(path.iterdir(), key=lambda e: e.name):
+        if entry.is_file() and not NOT_WEIGHTS.match(entry.name):
+            digest.update(f"{entry.name}\0{file_fingerprint(entry)}\0".encode())
+    return digest.hexdigest()[:32]
+
+
+def weights_identity(path: str, revision: str | None = None, commit: str | None = None) -> str | None:
+    """Which weights `path` (what model_path returned) names: `files:<fingerprint>` for a local
+    directory (a converted GGUF too), `commit:<sha>` for a hub model (`commit`: the loaded config's
+    `_commit_hash`; else a revision that is a commit, else the snapshot the local hub cache
+    resolves the revision to). None when that cannot be told (a hub model not in the local cache)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return "files:" + directory_fingerprint(local)
+    if local.is_file():
+        return "files:" + file_fingerprint(local)[:32]
+    if commit:
+        return f"commit:{commit}"
+    if revision and re.fullmatch(r"[0-9a-f]{40}", revision):
+        return f"commit:{revision}"
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(path, "config.json", revision=revision)
+    except Exception:  # not a repo id at all, a broken cache: unknown, never guessed
+        return None
+    match = HUB_COMMIT.search(found.replace(os.sep, "/")) if isinstance(found, str) else None
+    return f"commit:{match.group(1)}" if match else None
+
+
+@torch.no_grad()
+def parameter_fingerprint(model, samples: int = 64) -> str:
+    """`params:<hash>` of a model in memory with no files to point at (built or changed in code):
+    each tensor's name, shape, dtype and `samples` of its values at evenly spaced positions."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        index = torch.linspace(0, max(0, flat.numel() - 1), min(samples, flat.numel()), device=flat.device).long()
+        digest.update(f"{name}\0{tuple(tensor.shape)}\0{tensor.dtype}\0".encode())
+        digest.update(flat[index].float().cpu().numpy().tobytes())
+    return "params:" + digest.hexdigest()[:32]
 
 
 def load_tokenizer(cfg, cache_dir: str) -> PreTrainedTokenizerBase:
@@ -158,6 +256,24 @@ def load_tokenizer(cfg, cache_dir: str) -> PreTrainedTokenizerBase:
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def context_length(model, tokenizer) -> int | None:
+    """A model's context in tokens: the smaller of its config's max_position_embeddings and its
+    tokenizer's model_max_length, of those that are real (a tokenizer that sets none says 1e30)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    sizes = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    real = [int(n) for n in sizes if isinstance(n, int) and 0 < n < 10**9]
+    return min(real) if real else None
+
+
+def check_query_fits(query_tokens: int, max_new_tokens: int, context: int | None) -> None:
+    """The agent's query and the instruction it writes must fit in its context: past it, every
+    sample is silently worse (positions it was never trained on), so refuse with the numbers."""
+    if context is not None and query_tokens + max_new_tokens > context:
+        raise UserError(f"the agent's query is {query_tokens} tokens + agent.max_new_tokens={max_new_tokens} = "
+                        f"{query_tokens + max_new_tokens}, more than the agent's context of {context} tokens; use fewer "
+                        "demonstrations (algo.num_demos), shorter inputs, or a smaller agent.max_new_tokens")
 
 
 def output_logits(model, hidden: torch.Tensor) -> torch.Tensor:

@@ -66,6 +66,18 @@ def find_runs(patterns: list[str]) -> list[Run]:
     return [load_run(d) for d in sorted(dirs)]
 
 
+def unfinished_runs(patterns: list[str]) -> list[Path]:
+    """Run directories under `patterns` (a saved config, or a Hydra job's `.hydra/`) with neither
+    results.json nor failed.json: running, or killed. Named in the report, never silently left out."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        for m in [Path(p) for p in glob.glob(pattern)] or [Path(pattern)]:
+            if m.is_dir():
+                found.update(p.parent for p in m.rglob("config_resolved.yaml"))
+                found.update(p.parent.parent for p in m.rglob(".hydra/config.yaml"))
+    return sorted(d for d in found if not (d / "results.json").is_file() and not (d / "failed.json").is_file())
+
+
 def load_run(d: Path) -> Run:
     cfg_path = d / "config_resolved.yaml"
     config = OmegaConf.to_container(OmegaConf.load(cfg_path)) if cfg_path.is_file() else {}
@@ -155,10 +167,18 @@ def compare(runs: list[Run], by: list[str], spec: str) -> list[dict]:
     if missing:
         raise UserError(f"report: --compare {key}={missing[0]!r} matches no run; {key} takes {sorted(found)}")
     cells: dict[tuple, dict[str, dict]] = {}
+    where: dict[tuple, Path] = {}  # (group, side, seed) -> the run: a second run of one seed is refused, not overwritten
     for r in runs:
         side = str(r.value(key))
         if r.results is not None and side in sides:
-            cells.setdefault(r.key(rest), {}).setdefault(side, {})[str(r.value("seed"))] = r.results
+            seed = str(r.value("seed"))
+            if (r.key(rest), side, seed) in where:
+                raise UserError(f"report: --compare {spec!r}: {key}={side} has two runs of seed {seed}"
+                                f"{' in ' + ', '.join(f'{k}={v}' for k, v in zip(rest, r.key(rest))) if rest else ''}: "
+                                f"{where[r.key(rest), side, seed]} and {r.path}; pass each run once, or add the key that "
+                                "tells them apart to --by")
+            where[r.key(rest), side, seed] = r.path
+            cells.setdefault(r.key(rest), {}).setdefault(side, {})[seed] = r.results
     out = []
     for group in sorted(cells):
         a, b = cells[group].get(sides[0], {}), cells[group].get(sides[1], {})
@@ -229,20 +249,20 @@ def write_comparisons(comparisons: list[Comparison], out: Path, name: str) -> li
 def compare_cells(rows: list[dict], rest: list[str]) -> tuple[list[str], list[list[str]]]:
     a, b = (rows[0]["a"], rows[0]["b"]) if rows else ("a", "b")  # one comparison per table: name its sides
     header = rest + ["metric", "pairs", a, b, f"{a} - {b} [95% t]", "wins/ties/losses", "paired t p", "Wilcoxon p", "sign p"]
-    p = lambda v: "-" if math.isnan(v) else ("<0.001" if v < 0.001 else f"{v:.3f}")
+    p = lambda v: "n/a" if math.isnan(v) else ("<0.001" if v < 0.001 else f"{v:.3f}")  # n/a: no p-value (stats.py)
     cells = [[str(r[k]) for k in rest] + [r["metric"], str(r["n"]), f"{r['a_mean']:.3f}", f"{r['b_mean']:.3f}",
              f"{r['mean_diff']:+.3f}" + ("" if math.isnan(r["ci_low"]) else f" [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"),
              f"{r['wins']}/{r['ties']}/{r['losses']}", p(r["t_p"]), p(r["wilcoxon_p"]), p(r["sign_p"])] for r in rows]
     return header, cells
 
 
-def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
+def write_outputs(table: list[dict], by: list[str], out: Path, notes: list[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(table[0]))
         writer.writeheader()
         writer.writerows(table)
-    (out / "report.md").write_text(markdown(*table_cells(table, by)))
+    (out / "report.md").write_text(markdown(*table_cells(table, by)) + "".join(f"\n{note}\n" for note in notes))
 
 
 def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, smooth: int = 1):
@@ -415,11 +435,16 @@ def main(argv: list[str]) -> int:
         baseline = Comparison(rows, by, f"paired by run: dev-selected prompt - {args.baseline} prompt, test accuracy (two-sided p-values)")
     table = summarize(runs, by)
     out = Path(args.out) if args.out else (Path(glob.glob(args.paths[0])[0]) if args.paths else Path("report")) / "report"
-    write_outputs(table, by, out)
+    unfinished = unfinished_runs(args.paths) if args.paths else []
+    notes = [f"{len(unfinished)} unfinished run(s) left out (no results.json or failed.json: running or killed): "
+             + ", ".join(str(d) for d in unfinished)] if unfinished else []
+    write_outputs(table, by, out, notes)
     from promptrl.tracking import print_table
 
     header, cells = table_cells(table, by)
     print_table(f"{len(runs)} runs grouped by {', '.join(by)} (mean [95% Student-t interval] over runs)", header, cells)
+    for note in notes:
+        print(note)
     written = [out / "report.csv", out / "report.md"]
     if comparisons:
         written += write_comparisons(comparisons, out, "compare")

@@ -51,13 +51,12 @@ def paired_comparison(a: list[float], b: list[float], level: float = 0.95) -> Pa
     wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     nonzero = wins + losses
     t_p = wilcoxon_p = math.nan
-    if len(diffs) >= 2:
-        if statistics.pstdev(diffs) > 0:
-            t_p = float(sps.ttest_rel(a, b).pvalue)
-        elif diffs[0] != 0:
-            t_p = 0.0  # every pair differs by the same non-zero amount: no spread, no doubt
-        else:
-            t_p = 1.0
+    # Every pair differing by the same amount (zero or not, up to float rounding: 0.8 - 0.7 and
+    # 0.3 - 0.2 differ in the 17th digit) leaves the t statistic without a spread to divide by:
+    # 0/0 or d/0, and no p-value. It stays nan (the report prints "n/a"), not 0: three seeds each
+    # +0.01 are not proof of anything (the sign test says p = 0.25); the interval is a point.
+    if len(diffs) >= 2 and statistics.pstdev(diffs) > 1e-9 * max(1.0, max(abs(d) for d in diffs)):
+        t_p = float(sps.ttest_rel(a, b).pvalue)
     if nonzero:
         # zero differences are split between the signs (Pratt would drop them from the ranks but
         # keep them in n); with n <= 50 and no ties scipy computes the exact distribution

@@ -62,6 +62,27 @@ def tiny_model(tokenizer):
     return make_model(len(tokenizer))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory) -> Path:
+    """Every test session its own cache_dir (PROMPTRL_CACHE, inherited by every `promptrl`
+    process a test starts): no score a developer's earlier session or run left in the real cache
+    can make a test pass. Only the converted models (`models/`) and assembled GGUF files
+    (`gguf/`), which the scores do not depend on beyond the weights the score cache's key names,
+    are linked in from the real cache, so the conversion is done once, not every session."""
+    real = Path(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl")).expanduser()
+    cache = tmp_path_factory.mktemp("promptrl-cache")
+    for sub in ("models", "gguf"):
+        (real / sub).mkdir(parents=True, exist_ok=True)
+        (cache / sub).symlink_to(real / sub, target_is_directory=True)
+    before = os.environ.get("PROMPTRL_CACHE")
+    os.environ["PROMPTRL_CACHE"] = str(cache)
+    yield cache
+    if before is None:
+        os.environ.pop("PROMPTRL_CACHE", None)
+    else:
+        os.environ["PROMPTRL_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "fsc").is_dir():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from promptrl.scoring import attach_cache, cache_namespace
+from promptrl.scoring import SCORING_VERSION, attach_cache, cache_namespace
 from promptrl.scoring.cache import SHARDS, ScoreCache, _host, decode_entry, encode_entry, merge, namespace
 from promptrl.scoring.hf import HFScorer
 from promptrl.tasks import Example, Task
@@ -186,9 +186,10 @@ def test_the_namespace_covers_target_revision_dtype_backend_template_and_label_w
     server = [ServerScorer(tok, make_task(), "tiny", "http://127.0.0.1:9/v1", "tiny", max_len=64, revision=r)
               for r in (None, "r1", "r2")]
     assert len({base, *map(cache_namespace, server)}) == 4
-    # unchanged from the SQLite store's keys, so `cache merge` imports entries that are served again
+    # a server is known by its URL and served model, plus the scoring code's version
     assert cache_namespace(server[0]) == namespace(scorer="server", name="tiny", url="http://127.0.0.1:9/v1", model="tiny",
-                                                   template=make_task().template, label_words=[" bad", " good"])
+                                                   template=make_task().template, label_words=[" bad", " good"],
+                                                   scoring_version=SCORING_VERSION)
 
 
 def test_a_foreign_target_scores_for_itself(tmp_path):
@@ -333,3 +334,124 @@ def test_a_miss_reads_what_other_processes_appended_at_most_every_interval(tmp_p
     reader = ScoreCache(tmp_path, "ns", rescan_interval_s=interval)
     ScoreCache(tmp_path, "ns").put("p", ["x1"], torch.tensor([[-1.0, -2.0]]))
     assert bool(reader.get("p", ["x1"])) is seen
+
+
+# --- which weights and which scoring code a namespace names ---------------------------------------
+def local_target(tmp_path, seed: int):
+    """A tiny model and its tokenizer saved in `tmp_path/model` (over whatever was there) and the
+    target config that loads it."""
+    from omegaconf import OmegaConf
+
+    from promptrl.config import TargetConfig
+
+    tok = make_tokenizer()
+    make_model(len(tok), seed=seed).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    return OmegaConf.structured(TargetConfig(name="tiny", model=str(tmp_path / "model"), dtype="float32", device="cpu"))
+
+
+def test_new_weights_in_a_local_directory_are_scored_afresh(tmp_path):
+    task = make_task()
+    prompts = ["classify", "the sentiment"]
+    cache = tmp_path / "cache"
+
+    def cached(cfg):
+        scorer = HFScorer.from_config(cfg, task, str(cache))
+        attach_cache(scorer, cache)
+        return scorer
+
+    old = cached(local_target(tmp_path, seed=0))
+    old_scores = old.score(prompts, task.test).label_logprobs
+    old.close()
+    again = cached(local_target(tmp_path, seed=0))  # the same weights saved again: served from the cache
+    assert torch.equal(again.score(prompts, task.test).label_logprobs, old_scores) and again.cache_misses == 0
+    again.close()
+    new = cached(local_target(tmp_path, seed=1))  # other weights, same directory, same config
+    got = new.score(prompts, task.test).label_logprobs
+    assert new.cache_hits == 0 and not torch.equal(got, old_scores)
+    torch.testing.assert_close(got, HFScorer(make_model(len(make_tokenizer()), seed=1), make_tokenizer(), task, "tiny")
+                               .score(prompts, task.test).label_logprobs)
+    assert new.identity()["weights"].startswith("files:") and new.identity()["weights"] != old.identity()["weights"]
+
+
+def test_the_namespace_names_the_scoring_code_version(monkeypatch):
+    import promptrl.scoring
+
+    tok = make_tokenizer()
+    scorer = HFScorer(make_model(len(tok)), tok, make_task(), "tiny")
+    before = cache_namespace(scorer)
+    monkeypatch.setattr(promptrl.scoring, "SCORING_VERSION", SCORING_VERSION + 1)
+    assert cache_namespace(scorer) != before
+
+
+def test_a_model_in_memory_is_known_by_its_parameters():
+    tok = make_tokenizer()
+    same = [HFScorer(make_model(len(tok), seed=0), tok, make_task(), "tiny") for _ in range(2)]
+    other = HFScorer(make_model(len(tok), seed=1), tok, make_task(), "tiny")
+    assert cache_namespace(same[0]) == cache_namespace(same[1]) != cache_namespace(other)
+    with torch.no_grad():
+        same[1].model.lm_head.weight[0, 0] += 1.0  # tied to the embeddings: both change
+    assert cache_namespace(same[0]) != cache_namespace(same[1])
+
+
+def test_a_hub_model_is_known_by_its_snapshot_commit(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from promptrl.models import weights_identity
+
+    sha, older = "a" * 40, "b" * 40
+    repo = tmp_path / "hub" / "models--org--m"
+    for commit in (sha, older):
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert weights_identity("org/m") == f"commit:{sha}"
+    assert weights_identity("org/m", revision=older) == f"commit:{older}"
+    assert weights_identity("org/m", commit="c" * 40) == "commit:" + "c" * 40  # what the loaded config says wins
+    assert weights_identity("org/not-downloaded") is None
+
+
+def test_a_target_whose_weights_cannot_be_told_gets_no_cache(tmp_path):
+    from promptrl.scoring.vllm_engine import VLLMScorer
+
+    class Engine:  # what VLLMScorer reads of a vllm.LLM before scoring
+        class llm_engine:
+            class model_config:
+                max_model_len = 64
+
+    tok = make_tokenizer()
+    scorer = VLLMScorer(Engine(), tok, make_task(), "tiny", {"scorer": "vllm", "name": "tiny", "model": "org/m", "weights": None})
+    attach_cache(scorer, tmp_path)
+    assert scorer.cache is None and not (tmp_path / SHARDS).exists()
+
+
+def test_each_gguf_file_of_a_package_converts_into_its_own_directory(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    import promptrl.models as models
+    from promptrl.config import TargetConfig
+
+    monkeypatch.setattr(models, "packaged_gguf_path", lambda package, filename, cache: tmp_path / filename)
+    monkeypatch.setattr(models, "package_version", lambda package: "pkg-1.0")
+    monkeypatch.setattr(models, "convert_gguf", lambda gguf, out_dir: out_dir)
+    paths = {f: models.model_path(OmegaConf.structured(TargetConfig(name="m", model="org/m", gguf_package="pkg", gguf_file=f)),
+                                  str(tmp_path))
+             for f in ("m.Q4_K_M.gguf", "m.Q8_0.gguf")}
+    assert len(set(paths.values())) == 2
+    assert paths["m.Q8_0.gguf"] == str(tmp_path / "models" / "m-pkg-1.0-m.Q8_0")
+
+
+def test_the_vllm_scorer_names_the_weights_its_engine_loaded(tmp_path):
+    from promptrl.scoring.vllm_engine import VLLMScorer
+
+    class Engine:  # a vllm.LLM as VLLMScorer.from_config reads it, with no engine behind it
+        class llm_engine:
+            class model_config:
+                max_model_len, dtype = 1024, "torch.float32"
+
+    cfg = local_target(tmp_path, seed=0)
+    vllm_weights = VLLMScorer.from_config(cfg, make_task(), str(tmp_path), llm=Engine()).identity()["weights"]
+    assert vllm_weights.startswith("files:") and vllm_weights == HFScorer.from_config(cfg, make_task(), str(tmp_path)).identity()["weights"]
+    assert VLLMScorer.from_config(local_target(tmp_path, seed=1), make_task(), str(tmp_path), llm=Engine()).identity()["weights"] != vllm_weights

@@ -87,8 +87,21 @@ def test_a_text_longer_than_the_context_leaves_room_for_the_label():
     model = make_model(len(tok))  # 1024 positions
     task = make_task(SHARED_FIRST)
     long_prompt = " ".join(["the movie was good and"] * 400)
+    positions = []  # the highest position the decoder is asked to run
+    model.get_decoder().register_forward_pre_hook(
+        lambda m, args, kwargs: positions.append(int(kwargs["position_ids"].max()) if kwargs.get("position_ids") is not None
+                                                 else kwargs["input_ids"].shape[1] - 1), with_kwargs=True)
     scores = HFScorer(model, tok, task, "tiny").score([long_prompt], task.test[:2])
-    assert torch.isfinite(scores.label_logprobs).all()
+    assert max(positions) < 1024  # a text + its label's tokens but the last, within the context
+    for n, ex in enumerate(task.test[:2]):
+        ids = tok(task.render(long_prompt, ex.text))["input_ids"]
+        kept = ids[-(1024 - 1):]  # the longest label is 2 tokens: one of them is read inside the context
+        for c, word in enumerate(SHARED_FIRST):
+            word_ids = tok.convert_tokens_to_ids(tok.tokenize(word))
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([kept + word_ids[:-1]])).logits[0].float(), -1)
+            want = sum(logp[len(kept) - 1 + j, t].item() for j, t in enumerate(word_ids))
+            assert scores.label_logprobs[0, n, c].item() == pytest.approx(want, abs=1e-4)
 
 
 def test_label_words_that_cannot_be_told_apart_are_refused():

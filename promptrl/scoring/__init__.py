@@ -23,6 +23,14 @@ from promptrl.tasks.metrics import score_answer
 
 log = logging.getLogger(__name__)
 
+# The version of the scoring code, part of every score-cache key (cache_namespace). Bump it in any
+# change after which the same target weights, task and prompt would get another score: how texts
+# are tokenised, cut to the context (fit_context) or rendered, how label words are read or summed,
+# how answers are generated, cut (cut_at_stop) or graded (tasks/metrics.py). Otherwise the cache
+# serves the old code's scores as if they were the new code's. Old entries are not deleted, just
+# never served again (`promptrl cache merge` keeps them; delete <cache_dir>/scores/ to reclaim them).
+SCORING_VERSION = 2  # 2: an over-long text keeps its BOS (fit_context)
+
 
 @dataclass
 class ClassificationScores:
@@ -182,16 +190,25 @@ def label_token_ids(tokenizer, label_words: list[str], model_name: str) -> list[
     return labels.first
 
 
-def fit_context(seqs: list[list[int]], limit: int | None) -> list[list[int]]:
-    """A text longer than the target's context keeps its last tokens: the start of an over-long
-    instruction is dropped, the input and the answer slot stay (and it is scored, not rejected,
-    so an agent that rambles simply earns what its truncated prompt earns)."""
-    if not limit or all(len(s) <= limit for s in seqs):
+def fit_context(seqs: list[list[int]], limit: int | None, bos_id: int | None = None) -> list[list[int]]:
+    """A text longer than `limit` tokens (the target's context less the room kept for what it
+    writes) keeps its last tokens: the start of an over-long instruction is dropped, the input and
+    the answer slot stay (and it is scored, not rejected, so an agent that rambles simply earns
+    what its truncated prompt earns). A text that starts with `bos_id` (the BOS the tokenizer
+    adds) keeps it and is cut after it: Gemma without its BOS answers garbage. A limit that leaves
+    no token for the text is a UserError."""
+    if limit is None:
+        return seqs
+    heads = [1 if bos_id is not None and s and s[0] == bos_id else 0 for s in seqs]
+    if seqs and limit - max(heads) < 1:
+        raise UserError(f"the target's context leaves {limit} token(s) for a text{' after its BOS' if any(heads) else ''}: "
+                        "no room for it; use a target with a longer context or keep less room for its answer")
+    if all(len(s) <= limit for s in seqs):
         return seqs
     n = sum(len(s) > limit for s in seqs)
-    log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left",
-                n, len(seqs), limit)
-    return [s[-limit:] for s in seqs]
+    log.warning("%d of %d texts exceed the target's context of %d tokens; their prompts are cut from the left%s",
+                n, len(seqs), limit, " (after the BOS)" if any(heads) else "")
+    return [s if len(s) <= limit else s[:h] + s[len(s) - (limit - h):] for s, h in zip(seqs, heads)]
 
 
 class Scorer:
@@ -230,7 +247,12 @@ class Scorer:
         """The target's token ids of each text, cut to leave `room` tokens of the context for what
         the target writes (fit_context), and counted in `tokens`."""
         seqs = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        seqs = fit_context(seqs, self.max_len - room if self.max_len else None)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        if self.max_len and self.max_len - room < 1 + any(s[:1] == [bos] for s in seqs if bos is not None):
+            raise UserError(f"target {self.name!r} has a context of {self.max_len} tokens and {room} are kept for what it "
+                            "writes (task.max_new_tokens, or the longest label word): no room for the text; lower "
+                            "task.max_new_tokens, shorten the label words, or raise the context (target.vllm.max_model_len)")
+        seqs = fit_context(seqs, self.max_len - room if self.max_len else None, bos)
         self.tokens += sum(len(s) for s in seqs)
         return seqs
 
@@ -354,17 +376,25 @@ def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
 
 def cache_namespace(scorer: Scorer) -> str:
     """The score cache's key for everything but the prompt and the example: the scorer's identity
-    (backend, target model, revision, dtype) and the task's scoring identity (template and label
-    words; generation: template, metrics, max_new_tokens, stop). The task's name is not part of
-    it: it changes no score (and the namespaces stay those of the old SQLite store, whose entries
-    `promptrl cache merge` imports)."""
+    (backend, target model, which weights — the hub commit or the files' fingerprint —, revision,
+    dtype; a server: its URL and served model), the task's scoring identity (template and label
+    words; generation: template, metrics, max_new_tokens, stop) and SCORING_VERSION. The task's
+    name is not part of it: it changes no score."""
     from promptrl.scoring.cache import namespace
 
-    return namespace(**scorer.identity(), **scorer.task.scoring_identity())
+    return namespace(**scorer.identity(), **scorer.task.scoring_identity(), scoring_version=SCORING_VERSION)
 
 
 def attach_cache(scorer: Scorer, cache_dir: Path) -> None:
-    """Give `scorer` the prompt-score cache in `<cache_dir>/scores/` (promptrl/scoring/cache.py)."""
+    """Give `scorer` the prompt-score cache in `<cache_dir>/scores/` (promptrl/scoring/cache.py),
+    unless it cannot tell which weights it scores with (its identity's `weights` is None): then the
+    run scores without a cache rather than risk serving another model's scores."""
     from promptrl.scoring.cache import ScoreCache
 
+    identity = scorer.identity()
+    if "weights" in identity and identity["weights"] is None:
+        log.warning("score cache off: cannot tell which weights of %s the target loaded (not a local directory, "
+                    "and no hub commit in the local hub cache); set target.revision to a commit to cache its scores",
+                    identity.get("model"))
+        return
     scorer.cache = ScoreCache(Path(cache_dir), cache_namespace(scorer))

@@ -6,9 +6,10 @@ evaluation re-score the same prompts, a resumed run repeats the steps after its 
 the jobs of a sweep score the same manual and empty prompts on the same test split.
 
 Keyed by a namespace — a hash of everything that changes a score: backend, target model,
-revision and dtype, the task's template and label words (generation: template, metrics,
-max_new_tokens, stop strings) — plus the prompt text and the example, named by a hash of its
-input text (example ids like "test/5" repeat across tasks; the text does not lie).
+which weights (hub commit or files' fingerprint), revision and dtype, the task's template and
+label words (generation: template, metrics, max_new_tokens, stop strings), the scoring code's
+SCORING_VERSION (`promptrl.scoring.cache_namespace`) — plus the prompt text and the example, named
+by a hash of its input text (example ids like "test/5" repeat across tasks; the text does not lie).
 
 Storage, designed for a cluster's shared filesystem (NFS, Lustre) as much as for one disk:
 `<cache_dir>/scores/` holds append-only JSONL shards, one per writing process, named
@@ -387,8 +388,8 @@ def merge(cache_dir: Path, min_age_s: float = 60.0) -> MergeSummary:
 
 
 def read_sqlite(path: Path) -> list[tuple[tuple[str, str, str], bytes]]:
-    """The rows of the old SQLite store, opened read-only (its namespaces are computed as today's,
-    so its entries are served again once imported)."""
+    """The rows of the old SQLite store, opened read-only. Their namespaces name no weights and no
+    SCORING_VERSION, so today's scorers never serve them: imported to be kept, not trusted."""
     uri = f"file:{path.resolve()}?mode=ro"
     try:
         db = sqlite3.connect(uri, uri=True)

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from promptrl.hfcompat import cache_kwargs, output_cache
-from promptrl.models import load_model, output_logits
+from promptrl.models import load_model, model_path, output_logits, parameter_fingerprint, weights_identity
 from promptrl.scoring import Scorer, cut_at_stop, label_tokens, stopped_after_text
 from promptrl.tasks import Task
 
@@ -37,9 +37,10 @@ class HFScorer(Scorer):
     """
 
     def __init__(self, model, tokenizer, task: Task, name: str, batch_tokens: int = 16384, prefix_reuse: bool = True,
-                 revision: str | None = None):
+                 revision: str | None = None, weights: str | None = None):
         super().__init__(task, name)
         self.revision = revision
+        self.weights = weights  # models.weights_identity of the files loaded; None: fingerprint the parameters
         self.prefix_reuse = prefix_reuse
         self.model = model
         self.tokenizer = tokenizer
@@ -51,10 +52,13 @@ class HFScorer(Scorer):
         self.max_len = getattr(model.config, "max_position_embeddings", None)
 
     def identity(self) -> dict:
+        """Which weights (the loaded files' commit or fingerprint, or the parameters' own), loaded
+        how: dtype, revision."""
         config = self.model.config
         return {"scorer": "hf", "name": self.name, "model": getattr(config, "_name_or_path", ""),
                 "revision": self.revision, "dtype": str(self.model.dtype),
-                "vocab": config.vocab_size, "layers": getattr(config, "num_hidden_layers", None)}
+                "vocab": config.vocab_size, "layers": getattr(config, "num_hidden_layers", None),
+                "weights": self.weights or parameter_fingerprint(self.model)}
 
     @classmethod
     def from_config(cls, cfg, task: Task, cache_dir: str) -> HFScorer:
@@ -62,8 +66,9 @@ class HFScorer(Scorer):
             torch.set_num_threads(cfg.num_threads)
         model, tok = load_model(cfg, cache_dir)
         log.info("HF scorer: %s, %d torch threads", model.dtype, torch.get_num_threads())
+        weights = weights_identity(model_path(cfg, cache_dir), cfg.revision, getattr(model.config, "_commit_hash", None))
         return cls(model, tok, task, cfg.name, batch_tokens=cfg.batch_tokens, prefix_reuse=cfg.prefix_reuse,
-                   revision=cfg.revision)
+                   revision=cfg.revision, weights=weights)
 
     def _label_logprobs(self, texts: list[str], group_size: int | None = None) -> torch.Tensor:
         if self.labels.single:
@@ -140,9 +145,11 @@ class HFScorer(Scorer):
             for r, i in enumerate(chunk):
                 ids[r, width - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
                 mask[r, width - len(seqs[i]):] = 1
+            # a row longer than batch_tokens (alone in its chunk) is prefilled in pieces (see _forward)
+            chunked = {"prefill_chunk_size": self.batch_tokens} if len(chunk) * width > self.batch_tokens else {}
             new = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
-                                      stopping_criteria=self._stop_criteria(tuple(stop), width))
+                                      stopping_criteria=self._stop_criteria(tuple(stop), width), **chunked)
             for r, i in enumerate(chunk):
                 out[i] = cut_at_stop(self.tokenizer.decode(new[r, width:], skip_special_tokens=True), stop)
         return out
@@ -180,7 +187,7 @@ class HFScorer(Scorer):
         ids = torch.full((len(prefixes), width), self.pad_id, dtype=torch.long)
         for g, p in enumerate(prefixes):
             ids[g, :len(p)] = torch.tensor(p, dtype=torch.long)
-        cache = output_cache(self.model.get_decoder()(input_ids=ids.to(self.device), use_cache=True))
+        cache = self._forward(ids.to(self.device), None, None, None, keep_cache=True)[1]
         shift = torch.tensor([width - len(p) for p in prefixes], device=self.device)
         slots = torch.arange(width, device=self.device)
         # Right-aligned gather: slot j of group g holds position j - shift[g] (masked where < 0).
@@ -203,17 +210,40 @@ class HFScorer(Scorer):
             mask[r, :len(s)] = 1
         start = torch.tensor([plens[g] for g in groups])
         positions = start.unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        kwargs = {"use_cache": False}
+        cache = None
         if prefixes is not None:
             layers, prefix_mask = prefixes
             g = torch.tensor(groups, device=self.device)
             cache = DynamicCache([(k.index_select(0, g), v.index_select(0, g)) for k, v in layers], config=self.model.config)
             mask = torch.cat([prefix_mask.index_select(0, g).cpu(), mask], dim=1)
-            kwargs = {**cache_kwargs(self.model.get_decoder(), cache), "use_cache": True}
-        return self.model.get_decoder()(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
-            **kwargs,
-        ).last_hidden_state
+        return self._forward(ids.to(self.device), mask.to(self.device), positions.to(self.device), cache)[0]
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor | None, positions: torch.Tensor | None, cache,
+                 keep_cache: bool = False):
+        """(final hidden states [rows, width, hidden], KV cache or None) of the decoder on `ids`
+        after `cache` (`mask` covers the cache's slots, then ids'). At most `batch_tokens` new
+        tokens per forward pass: _chunks keeps a chunk of several rows within it, and a row longer
+        than that (one row alone, a long document) runs in pieces of `batch_tokens` tokens on its
+        own growing KV cache (chunked prefill), so batch_tokens bounds the activations of every
+        pass; a piece attends to the cache before it, so the result is the whole row's."""
+        decoder = self.model.get_decoder()
+        rows, width = ids.shape
+        step = max(1, self.batch_tokens // rows)
+        if width <= step:
+            kwargs = {**cache_kwargs(decoder, cache), "use_cache": True} if cache is not None or keep_cache else {"use_cache": False}
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
+            return out.last_hidden_state, (output_cache(out) if keep_cache else None)
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        past = 0 if mask is None else mask.shape[1] - width
+        hidden = []
+        for a in range(0, width, step):
+            b = min(width, a + step)
+            out = decoder(input_ids=ids[:, a:b], attention_mask=None if mask is None else mask[:, :past + b],
+                          position_ids=None if positions is None else positions[:, a:b], use_cache=True,
+                          **cache_kwargs(decoder, cache))
+            cache = output_cache(out)
+            hidden.append(out.last_hidden_state)
+        return torch.cat(hidden, dim=1), (cache if keep_cache else None)
 
 
 class StopAfterText(StoppingCriteria):

@@ -19,7 +19,7 @@ import torch
 
 from promptrl import progress
 from promptrl.errors import UserError
-from promptrl.models import load_tokenizer, model_path, package_version, resolve_device, resolve_dtype
+from promptrl.models import load_tokenizer, model_path, resolve_device, resolve_dtype, weights_identity
 from promptrl.scoring import Scorer, cut_at_stop, label_tokens
 from promptrl.tasks import Task
 
@@ -104,9 +104,11 @@ class VLLMScorer(Scorer):
         llm = start_engine(cfg, cfg.vllm, cache_dir, "target.vllm", cfg.num_threads) if own else llm
         try:
             dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
-            identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype}
-            if cfg.gguf_package:  # the weights are the package's, whatever target.model says
-                identity["weights"] = package_version(cfg.gguf_package)
+            # the weights the engine loaded: the converted GGUF's or local directory's fingerprint, or
+            # the hub snapshot's commit (None, and no score cache, when that cannot be told)
+            weights = weights_identity(model_path(cfg, cache_dir), cfg.revision)
+            identity = {"scorer": "vllm", "name": cfg.name, "model": cfg.model, "revision": cfg.revision, "dtype": dtype,
+                        "weights": weights}
             return cls(llm, load_tokenizer(cfg, cache_dir), task, cfg.name, identity)
         except BaseException:
             if own:  # an engine this call started is a process of its own: never leave it running

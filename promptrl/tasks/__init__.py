@@ -107,13 +107,18 @@ def check_task_config(cfg) -> None:
         raise UserError(f"task.max_test_examples={cfg.max_test_examples}; expected a positive number or null (all)")
 
 
-def load_task(cfg, seed: int) -> Task:
-    """Build the task a run uses; `seed` picks the few-shot split and any test subsample."""
+def load_task(cfg, seed: int, cache_dir: str | None = None) -> Task:
+    """Build the task a run uses; `seed` picks the few-shot split and any test subsample.
+    `cache_dir`: the run's cache_dir, where downloaded data is kept (instruction induction; None:
+    $PROMPTRL_CACHE or ~/.cache/promptrl, the config's default)."""
     check_task_config(cfg)
     if cfg.loader == "classification":
         from promptrl.tasks.classification import load_classification as load
     elif cfg.loader == "instruction_induction":
-        from promptrl.tasks.induction import load_instruction_induction as load
+        from promptrl.tasks.induction import load_instruction_induction
+
+        def load(cfg, seed):
+            return load_instruction_induction(cfg, seed, cache_dir)
     elif cfg.loader == "bigbench":
         from promptrl.tasks.bigbench import load_bigbench as load
     elif cfg.loader == "custom":

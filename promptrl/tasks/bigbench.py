@@ -18,6 +18,7 @@ import string
 from pathlib import Path
 
 from promptrl.errors import UserError
+from promptrl.jsonl import read_text
 from promptrl.tasks import Example, Task, task_from_config
 from promptrl.tasks.induction import as_list
 
@@ -43,6 +44,32 @@ def multiple_choice(row: dict) -> tuple[str, int, int]:
     return f"{row['input'].strip()}\nChoices :\n{listed}".rstrip("\n"), gold, len(options)
 
 
+def read_bigbench_json(path: Path) -> dict:
+    """A task.json as a dict with an `examples` list of objects, or a one-line UserError naming
+    the file, the line (or example) and what was expected."""
+    try:
+        data = json.loads(read_text(path, "BIG-bench file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} line {e.lineno} column {e.colno} is not JSON ({e.msg}); expected BIG-bench's "
+                        'task.json, {"examples": [...]}') from None
+    rows = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        raise UserError(f'{path} has no "examples" list; expected BIG-bench\'s task.json, {{"examples": [...]}}')
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise UserError(f"{path} example {bad} is a JSON {type(rows[bad]).__name__}; expected an object with input and target(s)")
+    return data
+
+
+def example(path: Path, i: int, row: dict, fields: str, convert):
+    """convert(row), or a one-line UserError naming the example and the fields it needs."""
+    try:
+        return convert(row)
+    except (KeyError, TypeError, ValueError, SyntaxError, AttributeError) as e:
+        problem = f"has no field {e}" if isinstance(e, KeyError) else f"is malformed ({type(e).__name__}: {e})"
+        raise UserError(f"{path} example {i} {problem}; expected {fields}") from None
+
+
 def load_bigbench(cfg, seed: int) -> Task:
     name = cfg.source_task or cfg.name
     if not cfg.data_dir:
@@ -51,7 +78,7 @@ def load_bigbench(cfg, seed: int) -> Task:
     path = Path(cfg.data_dir).expanduser() / (cfg.local_name or "bigbench_ii") / name / "task.json"
     if not path.is_file():
         raise UserError(f"task {cfg.name!r}: {path} does not exist; expected BIG-bench's <task>/task.json")
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = read_bigbench_json(path)
     rows = data.get("examples") or []
     if len(rows) <= TRAIN_SIZE:
         raise UserError(f"{path} has {len(rows)} examples; BBII needs more than {TRAIN_SIZE} (train = the first {TRAIN_SIZE})")
@@ -62,15 +89,15 @@ def load_bigbench(cfg, seed: int) -> Task:
     # BIG-bench's own task prefix is the task's human-written instruction (APE's BBII baseline).
     examples, overrides = [], {"manual_prompt": cfg.manual_prompt or (data.get("task_prefix") or "").strip()}
     if is_mc:
-        converted = [multiple_choice(r) for r in rows]
+        converted = [example(path, i, r, "input and target_scores", multiple_choice) for i, r in enumerate(rows)]
         n_options = max(n for _, _, n in converted)
         examples = [Example(id=f"bb/{i}", text=t, label=g) for i, (t, g, _) in enumerate(converted)]
         overrides["label_words"] = [f" {LETTERS[i]}" for i in range(n_options)]
         overrides["label_names"] = list(LETTERS[:n_options])
     else:
         for i, r in enumerate(rows):
-            answers = as_list(r["target"])
-            examples.append(Example(id=f"bb/{i}", text=r["input"].strip(), answers=tuple(answers)))
+            text, answers = example(path, i, r, "input and target", lambda r: (r["input"].strip(), as_list(r["target"])))
+            examples.append(Example(id=f"bb/{i}", text=text, answers=tuple(answers)))
     train, test = examples[:TRAIN_SIZE], examples[TRAIN_SIZE:]
     log.info("task %s: %d train (= dev), %d test from %s", cfg.name, len(train), len(test), path)
     return task_from_config(cfg, train, list(train), test, str(path), **overrides)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import random
 import string
 from pathlib import Path
 
 from promptrl.errors import UserError
+from promptrl.jsonl import read_text
 from promptrl.tasks import Example, Task, task_from_config
 
 log = logging.getLogger(__name__)
@@ -17,23 +19,26 @@ log = logging.getLogger(__name__)
 def read_tsv(path: Path, text_field: str, label_field: str, n_labels: int, split: str) -> list[Example]:
     if not path.is_file():
         raise UserError(f"data file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    reader = csv.reader(io.StringIO(read_text(path, "data file"), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [(reader.line_num, row) for row in reader if row]  # (line, fields); blank lines skipped
     if len(rows) < 2:
         raise UserError(f"data file {path} is empty; expected a header line and at least one example")
-    header = rows[0]
+    header = rows[0][1]
     for col in (text_field, label_field):
         if col not in header:
             raise UserError(f"data file {path} has no column {col!r}; its columns are {header}")
     ti, li = header.index(text_field), header.index(label_field)
     examples = []
-    for i, row in enumerate(rows[1:]):
+    for i, (line, row) in enumerate(rows[1:]):
+        if len(row) <= max(ti, li):
+            raise UserError(f"{path} line {line}: {len(row)} tab-separated field(s); expected {len(header)}, "
+                            f"the header's {header}")
         try:
             label = int(row[li])
-        except (ValueError, IndexError):
-            raise UserError(f"{path} line {i + 2}: label {row[li] if li < len(row) else None!r} is not an integer") from None
+        except ValueError:
+            raise UserError(f"{path} line {line}: label {row[li]!r} is not an integer") from None
         if not 0 <= label < n_labels:
-            raise UserError(f"{path} line {i + 2}: label {label} is out of range; expected 0..{n_labels - 1}")
+            raise UserError(f"{path} line {line}: label {label} is out of range; expected 0..{n_labels - 1}")
         examples.append(Example(id=f"{split}/{i}", text=row[ti], label=label))
     return examples
 

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -53,8 +54,11 @@ def convert(task: str, row: dict, rng: random.Random) -> tuple[str, list[str]]:
     return row["input"], as_list(row["output"])
 
 
-def fetch(cfg, split: str) -> Path:
-    """The local JSON file of one split, downloaded into the cache when there is no local copy."""
+def fetch(cfg, split: str, cache_dir: str | None = None) -> Path:
+    """The local JSON file of one split, downloaded into `<cache_dir>/data/` when there is no local
+    copy. A download is checked (JSON with a non-empty `examples` object of examples) before it
+    is cached, and written to a temp file of its own renamed into place, so concurrent jobs never
+    see half a file and a bad answer (an error page) is never cached."""
     task = cfg.source_task or cfg.name
     if cfg.data_dir:
         path = Path(cfg.data_dir).expanduser() / (cfg.local_name or "instruction_induction") / split / f"{task}.json"
@@ -65,7 +69,7 @@ def fetch(cfg, split: str) -> Path:
     if not cfg.data_url:
         raise UserError(f"task {cfg.name!r} has no data_dir and no data_url; set PROMPTRL_DATA to a local copy")
     url = cfg.data_url.format(task=task, split=split)
-    cache = Path(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl")).expanduser()
+    cache = Path(cache_dir or os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl")).expanduser()
     path = cache / "data" / "instruction_induction" / split / f"{task}.json"
     if not path.is_file():
         try:
@@ -74,18 +78,44 @@ def fetch(cfg, split: str) -> Path:
         except OSError as e:
             raise UserError(f"cannot download {url} ({type(e).__name__}); when offline, set PROMPTRL_DATA "
                             "to a directory holding instruction_induction/{induce,execute}/") from e
+        problem = induction_file_problem(data)
+        if problem:
+            raise UserError(f"downloaded {url}, but it is not an instruction-induction file ({problem}); expected "
+                            '{"examples": {"1": {"input": ..., ...}, ...}}; check task.data_url')
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{task}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 
-def read_examples(path: Path, task: str, split: str, rng: random.Random) -> list[Example]:
+def induction_file_problem(data: bytes) -> str | None:
+    """What is wrong with the bytes of an instruction-induction file, or None."""
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))["examples"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not an instruction-induction file ({e}); expected {{\"examples\": {{...}}}}") from None
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        return f"line {line} is not UTF-8"
+    except json.JSONDecodeError as e:
+        return f"not JSON: {e.msg} at line {e.lineno} column {e.colno}"
+    examples = parsed.get("examples") if isinstance(parsed, dict) else None
+    if not isinstance(examples, dict) or not examples:
+        return "no non-empty 'examples' object"
+    bad = next((k for k, v in examples.items() if not isinstance(v, dict)), None)
+    return None if bad is None else f"example {bad} is not an object"
+
+
+def read_examples(path: Path, task: str, split: str, rng: random.Random) -> list[Example]:
+    problem = induction_file_problem(path.read_bytes())
+    if problem:
+        raise UserError(f"{path} is not an instruction-induction file ({problem}); expected {{\"examples\": {{...}}}}")
+    rows = json.loads(path.read_bytes().decode("utf-8"))["examples"]
     examples = []
     for i, key in enumerate(sorted(rows, key=lambda k: int(k) if str(k).isdigit() else k)):
         try:
@@ -98,12 +128,13 @@ def read_examples(path: Path, task: str, split: str, rng: random.Random) -> list
     return examples
 
 
-def load_instruction_induction(cfg, seed: int) -> Task:
+def load_instruction_induction(cfg, seed: int, cache_dir: str | None = None) -> Task:
+    """`cache_dir`: where downloads are cached (the run's cache_dir; None: $PROMPTRL_CACHE or ~/.cache/promptrl)."""
     task = cfg.source_task or cfg.name
     rng = random.Random(seed)  # only cause_and_effect's sentence order
-    induce_file = fetch(cfg, "induce")
+    induce_file = fetch(cfg, "induce", cache_dir)
     induce = read_examples(induce_file, task, "induce", rng)
-    test = read_examples(fetch(cfg, "execute"), task, "execute", rng)
+    test = read_examples(fetch(cfg, "execute", cache_dir), task, "execute", rng)
     train = induce[:TRAIN_SIZE]
     if len(induce) <= TRAIN_SIZE:  # cause_and_effect, common_concept, informal_to_formal
         dev = induce

@@ -1,0 +1,123 @@
+"""What does not fit: a text longer than the target's context (cut after its BOS), a context that
+leaves no room, a text longer than target.batch_tokens (run in pieces), an agent query longer
+than the agent's context (refused)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tokenizers import processors
+from transformers import PreTrainedTokenizerFast
+
+from promptrl.errors import UserError
+from promptrl.scoring import fit_context
+from promptrl.scoring.hf import HFScorer
+from promptrl.tasks import Example, Task
+
+from conftest import make_model, make_tokenizer
+
+LONG_PROMPT = " ".join(["the movie was good and"] * 300)  # 1500 words: more than the tiny model's 1024 positions
+
+
+def make_task(texts=("great", "i love it", "not good"), words=(" bad", " good"), kind="classification"):
+    examples = [Example(id=f"t/{i}", text=t, label=i % 2, answers=("good",)) for i, t in enumerate(texts)]
+    return Task(name="toy", kind=kind, template="{prompt} input : {input} sentiment :", label_words=list(words),
+                metric="exact_match" if kind == "generation" else "accuracy", manual_prompt="",
+                train=examples, dev=examples, test=examples)
+
+
+def bos_tokenizer() -> PreTrainedTokenizerFast:
+    """The tests' word-level tokenizer with a BOS it adds to every text, as Gemma's and Llama's do."""
+    base = make_tokenizer()
+    tk = base.backend_tokenizer
+    tk.add_special_tokens(["<bos>"])
+    bos = tk.token_to_id("<bos>")
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", bos)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    tok.chat_template = base.chat_template
+    return tok
+
+
+def record_widths(model) -> list[tuple[int, int]]:
+    """(rows, tokens) of every forward pass of the model's decoder, from now on."""
+    seen = []
+    model.get_decoder().register_forward_pre_hook(lambda m, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)),
+                                                  with_kwargs=True)
+    return seen
+
+
+def test_an_over_long_text_keeps_its_bos_and_its_end():
+    tok = bos_tokenizer()
+    model = make_model(len(tok))  # 1024 positions
+    task = make_task()
+    scorer = HFScorer(model, tok, task, "tiny", prefix_reuse=False)
+    seen = []
+    model.get_decoder().register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"][0].tolist()),
+                                                  with_kwargs=True)
+    got = scorer.score([LONG_PROMPT], task.test[:1]).label_logprobs[0, 0]
+    ids = tok(task.render(LONG_PROMPT, "great"))["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) > 1024
+    kept = [ids[0]] + ids[-1023:]  # the BOS, then the last 1023 tokens
+    assert seen == [kept]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([kept])).logits[0, -1].float(), -1)
+    torch.testing.assert_close(got, logp[tok.convert_tokens_to_ids(["bad", "good"])], atol=1e-5, rtol=0)
+    # without a BOS nothing is kept in front: the last tokens only
+    assert fit_context([[5, 6, 7, 8]], 2, bos_id=None) == [[7, 8]]
+    assert fit_context([[9, 6, 7, 8], [9, 6]], 3, bos_id=9) == [[9, 7, 8], [9, 6]]
+
+
+@pytest.mark.parametrize("limit", [0, -5, 1])
+def test_a_limit_that_leaves_no_room_is_refused(limit):
+    with pytest.raises(UserError, match="no room"):
+        fit_context([[9, 6, 7, 8]], limit, bos_id=9)  # 1: only the BOS would fit
+    if limit < 1:
+        with pytest.raises(UserError, match="no room"):
+            fit_context([[6, 7, 8]], limit)
+
+
+def test_answer_room_as_long_as_the_context_is_one_line():
+    tok = make_tokenizer()
+    scorer = HFScorer(make_model(len(tok)), tok, make_task(kind="generation"), "tiny")
+    for room in (1024, 1500):
+        with pytest.raises(UserError, match=r"context of 1024 tokens and \d+ are kept .*task.max_new_tokens"):
+            scorer.generate(["great"], room)
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+@pytest.mark.parametrize("words", [(" bad", " good"), (" very bad", " very good", " not good")])
+def test_a_text_longer_than_batch_tokens_runs_in_pieces_with_the_same_scores(prefix_reuse, words):
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    long_input = " ".join(["the film was really boring"] * 12)  # 60 words
+    task = make_task(texts=("great", long_input, "i love it , the acting is fun"), words=words)
+    prompts = ["classify the sentiment of every review", "this film"]
+    want = HFScorer(model, tok, task, "tiny", batch_tokens=100_000, prefix_reuse=prefix_reuse).score(prompts, task.test)
+    seen = record_widths(model)
+    got = HFScorer(model, tok, task, "tiny", batch_tokens=16, prefix_reuse=prefix_reuse).score(prompts, task.test)
+    assert max(rows * width for rows, width in seen) <= 16, seen
+    torch.testing.assert_close(got.label_logprobs, want.label_logprobs, atol=1e-4, rtol=0)
+
+
+def test_a_generation_prompt_longer_than_batch_tokens_is_prefilled_in_pieces():
+    tok = make_tokenizer()
+    model = make_model(len(tok))
+    task = make_task(kind="generation")
+    texts = [task.render("classify", " ".join(["the film was really boring"] * 12)), task.render("classify", "great")]
+    want = HFScorer(model, tok, task, "tiny", batch_tokens=100_000).generate(texts, 6, stop=[])
+    seen = record_widths(model)
+    got = HFScorer(model, tok, task, "tiny", batch_tokens=16).generate(texts, 6, stop=[])
+    assert got == want and any(got)
+    assert max(rows * width for rows, width in seen) <= 16, seen
+
+
+def test_an_agent_query_longer_than_its_context_is_refused():
+    from promptrl.agent import Agent
+
+    tok = make_tokenizer()
+    agent = Agent(make_model(len(tok)), tok, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=100)
+    fits = agent.query_ids(" ".join(["input : great"] * 200), "the instruction was")  # ~600 + 100 <= 1024
+    assert len(fits) + 100 <= 1024
+    with pytest.raises(UserError, match=r"the agent's query is \d+ tokens \+ agent.max_new_tokens=100 = \d+, more than "
+                                        r"the agent's context of 1024 tokens; use fewer demonstrations \(algo.num_demos\)"):
+        agent.query_ids(" ".join(["input : great"] * 320), "the instruction was")
