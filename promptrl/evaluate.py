@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.faults import crash_point
+from promptrl.jsonl import read_text
 from promptrl.rundir import open_run, write_json
 from promptrl.scoring import ClassificationScores, GenerationScores, Scorer
 from promptrl.tasks import Example, Task, load_task
@@ -38,7 +39,7 @@ def read_prompt_file(name: str, allow_empty: bool = False) -> str:
     path = Path(name).expanduser()
     if not path.is_file():
         raise UserError(f"prompt_file {str(path)!r} does not exist")
-    text = path.read_text(encoding="utf-8").strip()
+    text = read_text(path, "prompt_file").strip()
     if not text and not allow_empty:
         raise UserError(f"prompt_file {str(path)!r} is empty; expected the prompt text")
     if not text:
@@ -122,7 +123,7 @@ def run_eval(cfg: DictConfig) -> dict:
             return json.loads((out / "results.json").read_text())
         progress.set_enabled(cfg.logger.progress)
         torch.manual_seed(cfg.seed)
-        task = load_task(cfg.task, cfg.seed)
+        task = load_task(cfg.task, cfg.seed, cfg.cache_dir)
         named = prompts_to_evaluate(cfg, task)
         with ExitStack() as models:
             scorer, _ = open_models(cfg, task, models)

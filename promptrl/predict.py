@@ -25,6 +25,7 @@ from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.evaluate import read_prompt_file
 from promptrl.faults import crash_point
+from promptrl.jsonl import read_jsonl_rows
 from promptrl.rundir import (
     RunLock,
     atomic_write_text,
@@ -78,14 +79,7 @@ def read_inputs(cfg: DictConfig, task: Task) -> list[dict]:
 
 def rows_done(path: Path, inputs: list[dict]) -> list[dict]:
     """The predictions already on disk, after cutting a torn last line (a kill mid-write)."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        data = data[:data.rfind(b"\n") + 1]
-        with path.open("r+b") as f:
-            f.truncate(len(data))
-    done = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+    done = read_jsonl_rows(path, truncate_torn=True)  # a corrupt line before the last: one line, not a traceback
     by_row = {r["row"]: r for r in inputs}
     for d in done:
         if d.get("row") not in by_row or by_row[d["row"]]["input"] != d.get("input"):
@@ -197,7 +191,7 @@ def run_predict(cfg: DictConfig) -> dict:
         if not cfg.prompt_file:
             raise UserError("promptrl predict needs prompt_file=PATH, e.g. a train run's best_prompt.txt")
         prompt = read_prompt_file(cfg.prompt_file, allow_empty=True)  # a run that kept the empty prompt
-        task = load_task(cfg.task, cfg.seed)  # the classes and label words the prompt was tuned with
+        task = load_task(cfg.task, cfg.seed, cfg.cache_dir)  # the classes and label words the prompt was tuned with
         check_identity(out, predictions_identity(cfg, task, prompt))
         inputs = read_inputs(cfg, task)
         path = out / PREDICTIONS

@@ -65,7 +65,7 @@ def run_train(cfg: DictConfig) -> dict:
         progress.set_enabled(cfg.logger.progress)
         trainer_cls = trainer_class(cfg)
         seed_everything(cfg.seed)
-        task = load_task(cfg.task, cfg.seed)
+        task = load_task(cfg.task, cfg.seed, cfg.cache_dir)
         with ExitStack() as models:  # every engine is closed when training and evaluation end, or fail
             scorer, agent = open_models(cfg, task, models, needs_agent=trainer_cls.needs_agent)
             trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
