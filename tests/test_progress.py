@@ -3,11 +3,14 @@ the console only, off with logger.progress=false, its total the budget when one 
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
 import pty
 import re
+import struct
 import sys
+import termios
 import time
 from types import SimpleNamespace
 
@@ -100,6 +103,7 @@ def test_the_final_evaluation_of_a_cpu_demo_run_talks_on_a_terminal(tmp_path, sh
     pid, fd = pty.fork()
     if pid == 0:  # the child: promptrl on the pseudo-terminal
         os.execve(sys.executable, [sys.executable, "-m", "promptrl.cli", *args], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 160, 0, 0))  # a terminal 160 columns wide
     chunks, deadline = [], time.time() + 900
     while time.time() < deadline:
         try:
@@ -111,11 +115,14 @@ def test_the_final_evaluation_of_a_cpu_demo_run_talks_on_a_terminal(tmp_path, sh
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
     screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    (tmp_path / "screen.txt").write_text(screen)
     assert os.waitstatus_to_exitcode(status) == 0, screen[-3000:]
     table = screen.index("appo on sst2: target")  # the result table's title
-    final_dev = screen.index("final evaluation: dev, 7 prompts")
-    final_test = screen.index("final evaluation: test, 7 prompts")
-    assert final_dev < final_test < table
-    assert re.search(r"final evaluation: test, 7 prompts.*\d+/448", screen)  # 7 prompts x 64 sentences
-    assert "eta" in screen[final_test:table]
+    dev = re.search(r"final evaluation: dev, (\d+) prompts", screen)
+    test = re.search(r"final evaluation: test, (\d+) prompts.*?(\d+)/(\d+)", screen)
+    assert dev and test, screen[-3000:]
+    prompts = int(test.group(1))  # the queue (distinct prompts, up to 5) and the manual and empty prompt
+    assert 3 <= prompts <= 7 and int(test.group(3)) == prompts * 64  # x 64 test sentences
+    assert dev.start() < test.start() < table
+    assert "eta" in screen[test.start():table]
     assert "final evaluation" not in (run / "train.log").read_text()
