@@ -14,6 +14,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from promptrl.agent import Agent
+from promptrl.chat import ChatProposer, check_chat_agent, usage_report
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
 from promptrl.interrupts import Interrupted
@@ -110,8 +111,10 @@ def seed_everything(seed: int) -> None:
 
 
 def check_agent_backend(cfg) -> None:
+    if cfg.agent.backend == "chat":
+        return check_chat_agent(cfg)
     if cfg.agent.backend not in ROLLOUT_BACKENDS:
-        raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}")
+        raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}, chat")
     if cfg.agent.backend == "vllm":
         engine_lora_rank(cfg.agent.lora_r)  # before any model loads: a rank vLLM cannot serve is an error
         check_gpu_memory(cfg, (resolve_device(cfg.agent.device), resolve_device(cfg.target.device)))
@@ -121,6 +124,8 @@ def build_agent(cfg, seed: int, engine=None) -> Agent:
     """The agent; with agent.backend=vllm its samples come from `engine` (one shared with the
     target) or from an engine of its own."""
     check_agent_backend(cfg)
+    if cfg.agent.backend == "chat":
+        return ChatProposer.from_config(cfg.agent)  # proposes only (APE, OPRO, GEPA); nothing loads here
     base, tok = load_model(cfg.agent, cfg.cache_dir)
     seed_everything(seed)  # LoRA and value-head initialisation
     a = cfg.agent
@@ -200,7 +205,7 @@ def run_train(cfg: DictConfig) -> dict:
         "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
         "label_words": task.label_words, "metric": task.metric, "category": task.category, **final, **trainer.summary(), "steps": trainer.step,
         "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval, "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
-        "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
+        "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses, **usage_report(scorer, agent),
         "train_time_s": trainer.elapsed, "wall_time_s": earlier_sessions + (time.time() - start),
     }
     write_json(out / "results.json", results)
