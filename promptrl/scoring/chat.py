@@ -153,6 +153,11 @@ class ChatScorer(Scorer):
                 "answers_parsed": self.answers_parsed}
 
     def close(self) -> None:
+        u = self.endpoint.usage
+        if u["requests"]:
+            cost = "" if u["cost_usd"] is None else f", cost {u['cost_usd']:.4f} at the configured prices"
+            log.info("%s: %d requests, %d input and %d output tokens%s", self.endpoint.name, u["requests"],
+                     u["input_tokens"], u["output_tokens"], cost)
         if self.missing_label_logprobs:
             log.warning("%d of %d label log-probs were not in the target's top %d and were scored as the %dth's (an upper "
                         "bound); many of them mean the model answers with other words or splits the label words: "
