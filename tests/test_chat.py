@@ -284,6 +284,31 @@ def test_scores_are_the_servers_top_logprobs_and_a_missing_label_is_counted(serv
 
 
 @pytest.mark.slow
+def test_a_generation_task_is_answered_under_a_system_message(server, monkeypatch, tmp_path):
+    """Instruction induction on the chat target: greedy answers (as `promptrl predict` asks for
+    them too) with the instruction as the system message, scored with the task's metric."""
+    from openai import OpenAI
+
+    from promptrl.scoring import cut_at_stop
+    from promptrl.tasks.metrics import score_answer
+
+    monkeypatch.setenv("OPENAI_API_KEY", server.key)
+    cfg = eval_cfg("task=ii_antonyms", *chat_args(server, "target.score_cache=false"))
+    task = load_task(cfg.task, 0)
+    scorer = build_scorer(cfg.target, task, str(tmp_path))
+    examples = task.test[:3]
+    scores = scorer.score([task.manual_prompt], examples)
+    answers = scorer.answer(task.manual_prompt, [ex.text for ex in examples], task.max_new_tokens, task.stop)
+    assert scores.values[0, :, 0].tolist() == [score_answer(task.metric, a, ex.answers) for a, ex in zip(answers, examples)]
+    direct = OpenAI(base_url=server.base_url, api_key=server.key).chat.completions.create(
+        model="smollm2", temperature=0, max_tokens=task.max_new_tokens,
+        messages=[{"role": "system", "content": task.manual_prompt}, {"role": "user", "content": task.render("", examples[0].text)}])
+    assert answers[0] == cut_at_stop(direct.choices[0].message.content, task.stop) != ""
+    assert scorer.report()["answers_parsed"] == 0  # generation answers are scored by the metric, not read as labels
+    scorer.close()
+
+
+@pytest.mark.slow
 def test_ape_with_the_served_model_as_proposer_and_target(server, tmp_path):
     """A short APE run entirely through the chat API: the served model proposes (agent.backend=chat,
     n choices in one request) and is the target; the usage of both is what the server counted."""
