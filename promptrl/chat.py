@@ -3,7 +3,7 @@ proposer share, and the proposer itself.
 
 `ChatEndpoint` wraps the official `openai` SDK: its `max_retries` retries timeouts, lost
 connections, 408/409/429 and 5xx with exponential backoff (0.5 s doubling to 8 s, jittered) and
-honours a server's `Retry-After` (up to 2 minutes); what is left after the retries, and every
+honours a server's `Retry-After` (up to 2 minutes; 60 s in openai 1.55); what is left after the retries, and every
 401/403/404/400, stops the run with one line (a UserError) naming the endpoint and the model.
 Requests run `max_concurrency` at a time on threads (the SDK's client is thread-safe). Every
 response's `usage` is summed: `usage` (input and output tokens, requests) and `cost_usd`, when
