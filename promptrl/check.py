@@ -62,6 +62,26 @@ def label_table(task: Task, tokenizer, target_name: str) -> tuple[Table, list[st
     return table, notes
 
 
+def chat_label_notes(target, task: Task) -> list[str]:
+    """target.backend=chat: how the answers will be read, or the UserError a run would stop with."""
+    from promptrl.scoring.chat import PLACEMENTS, SCORINGS, answer_forms, label_heads
+
+    chat = target.chat
+    for key, value, allowed in (("scoring", chat.scoring, SCORINGS), ("placement", chat.placement, PLACEMENTS)):
+        if value not in allowed:
+            raise UserError(f"target.chat.{key}={value!r}; expected one of: {', '.join(allowed)}")
+    where = f"chat endpoint {chat.base_url}, model {chat.model or target.model!r}, instruction in the {chat.placement} message"
+    if task.is_generation:
+        return [f"{where}; greedy answers scored with {task.metric}"]
+    if chat.scoring == "logprobs":
+        heads = label_heads(task.label_words)
+        return [f"{where}; each label word's log-prob is read from the top 20 of the answer's first token, "
+                f"as {', '.join(map(repr, heads))} (stripped, case-sensitive)"]
+    forms = answer_forms(task)
+    return [f"{where}; greedy answers of up to {chat.answer_tokens} tokens read as "
+            + "; ".join(" or ".join(map(repr, sorted(f))) for f in forms) + " (case- and space-insensitive)"]
+
+
 def trainer_class(cfg):
     try:
         trainer_cls = get_class(cfg.algo._target_)
@@ -229,9 +249,11 @@ def run_check(cfg) -> dict:
     for line in task.data_report:
         console.print(f"  {line}")
     console.print(class_balance(task))
-    tokenizer = load_tokenizer(cfg.target, cfg.cache_dir)
-    if not task.is_generation:
-        table, notes = label_table(task, tokenizer, cfg.target.name)
+    if cfg.target.backend == "chat":  # a hosted model: no tokenizer here, and no request is sent
+        for note in chat_label_notes(cfg.target, task):
+            console.print(f"  {note}")
+    elif not task.is_generation:
+        table, notes = label_table(task, load_tokenizer(cfg.target, cfg.cache_dir), cfg.target.name)
         console.print(table)
         for note in notes:
             console.print(f"  {note}")

@@ -166,14 +166,53 @@ class ServerConfig:
 
 
 @dataclass
+class ChatEndpointConfig:
+    """An OpenAI-compatible `/v1/chat/completions` endpoint (backend=chat), called through the
+    official `openai` SDK: a hosted model (OpenAI, or any provider with that API) or `vllm serve`."""
+
+    base_url: str = "${oc.env:OPENAI_BASE_URL,'https://api.openai.com/v1'}"  # the API's base URL, up to and including /v1
+    model: Optional[str] = None  # the model name the endpoint knows; null = this config's `model`
+    # Read from the environment only (never write a key into a config or a command line); sent as a
+    # Bearer token; null = none (a local server without --api-key). Redacted in saved configs.
+    api_key: Optional[str] = "${oc.env:OPENAI_API_KEY,null}"
+    max_concurrency: int = 8  # requests in flight at once (>= 1); a provider's rate limit answers 429, which is retried
+    # Prices in currency units (e.g. USD) per million tokens, input and output, for the cost in
+    # results; null = unknown: tokens are still counted, no money figure is claimed.
+    price_input: Optional[float] = None
+    price_output: Optional[float] = None  # see price_input: per million output (completion) tokens; null = unknown
+    timeout_s: float = 60.0  # seconds one request may take before it is retried (> 0)
+    # Retries of a request that timed out, lost its connection or got 408/409/429/5xx (the SDK's
+    # exponential backoff, 0.5 s doubling to 8 s, or the server's Retry-After up to 2 min); then the run stops.
+    max_retries: int = 8
+
+
+@dataclass
+class TargetChatConfig(ChatEndpointConfig):
+    """target.backend=chat: how the target is asked and its answer scored (docs/hosted.md)."""
+
+    # logprobs: one answer token with the top 20 log-probs; each label word's log-prob is read
+    # from that list (reward = c_a * accuracy + c_s * margin, as on the other backends).
+    # generate: a short greedy answer parsed to a label (reward = c_a * accuracy, no margin),
+    # for endpoints without log-probs or label words that start alike. Generation tasks always generate.
+    scoring: str = "logprobs"
+    # Where the instruction goes: system (the system message, the user turn holds the task's
+    # template without it: what you deploy as a system prompt) | user (the whole rendered
+    # template, instruction first, as one user turn: models whose chat template has no system role).
+    placement: str = "system"
+    answer_tokens: int = 8  # scoring=generate on classification tasks: tokens of the answer read for a label (>= 1)
+
+
+@dataclass
 class TargetConfig(ModelSource):
     """The frozen model the prompts are for, and how its answers are computed."""
 
     # hf: transformers in this process | vllm: an in-process vLLM engine | server: an
-    # OpenAI-compatible endpoint (e.g. `vllm serve`) that someone else runs
+    # OpenAI-compatible completions endpoint (e.g. `vllm serve`) that someone else runs |
+    # chat: any OpenAI-compatible chat endpoint, hosted or not (conf/target/openai.yaml)
     backend: str = "hf"
     vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)  # backend=vllm only
     server: ServerConfig = field(default_factory=ServerConfig)  # backend=server only
+    chat: TargetChatConfig = field(default_factory=TargetChatConfig)  # backend=chat only
     # Upper bound on padded tokens in one forward pass of the HF scorer (memory budget).
     batch_tokens: int = 16384
     # Compute each prompt's shared prefix (the instruction) once and reuse its KV cache.
@@ -192,8 +231,11 @@ class AgentConfig(ModelSource):
     # Who samples the agent's instructions: hf (transformers `generate` on the training model) |
     # vllm (an in-process vLLM engine serving the policy and anchor adapters, synced after every
     # change; the training model still computes PPO's log-probs). With target.backend=vllm on
-    # the same weights, dtype and device, one engine serves both (target.vllm's options).
+    # the same weights, dtype and device, one engine serves both (target.vllm's options) |
+    # chat (an OpenAI-compatible chat endpoint proposes: APE, OPRO and GEPA only; RL algorithms
+    # train a local agent and refuse it).
     backend: str = "hf"
+    chat: ChatEndpointConfig = field(default_factory=ChatEndpointConfig)  # agent.backend=chat only
     # agent.backend=vllm with an engine of its own. It shares the GPU with the training model,
     # hence a smaller memory fraction than the target's.
     vllm: VLLMEngineConfig = field(default_factory=lambda: VLLMEngineConfig(gpu_memory_utilization=0.3,

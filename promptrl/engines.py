@@ -107,8 +107,12 @@ def training_copy_bytes(cfg) -> int | None:
 
 
 def check_agent_backend(cfg, needs_agent: bool = True) -> None:
+    if cfg.agent.backend == "chat":  # a hosted proposer: only for the optimisers that just sample it
+        from promptrl.chat import check_chat_agent
+
+        return check_chat_agent(cfg)
     if cfg.agent.backend not in ROLLOUT_BACKENDS:
-        raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}")
+        raise UserError(f"agent.backend={cfg.agent.backend!r}; expected one of: {', '.join(ROLLOUT_BACKENDS)}, chat")
     if cfg.agent.backend == "vllm":
         engine_lora_rank(cfg.agent.lora_r)  # before any model loads: a rank vLLM cannot serve is an error
     if needs_agent:
@@ -135,6 +139,13 @@ def build_agent(cfg, seed: int, engine=None, stack: ExitStack | None = None):
     from promptrl.train import seed_everything
 
     check_agent_backend(cfg)
+    if cfg.agent.backend == "chat":
+        from promptrl.chat import ChatProposer
+
+        proposer = ChatProposer.from_config(cfg.agent)  # proposes only (APE, OPRO, GEPA); nothing loads here
+        if stack is not None:
+            stack.callback(proposer.close)
+        return proposer
     base, tok = load_model(cfg.agent, cfg.cache_dir)
     seed_everything(seed)  # LoRA and value-head initialisation
     a = cfg.agent

@@ -152,7 +152,7 @@ def eval_results(cfg: DictConfig, task: Task, named: dict[str, str], rows: list[
         "template": task.template, "label_words": task.label_words, "metric": task.metric, "category": task.category,
         "prompts": [{"name": n, **r} for n, r in by_name.items()],
         "target_calls": scorer.calls, "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits,
-        "cache_misses": scorer.cache_misses, "wall_time_s": wall_s,
+        "cache_misses": scorer.cache_misses, **scorer.report(), "wall_time_s": wall_s,
     }
     for name in ("manual", "empty"):
         if name in by_name:

@@ -90,7 +90,7 @@ def rows_done(path: Path, inputs: list[dict]) -> list[dict]:
 
 def predict_batch(scorer, task: Task, prompt: str, batch: list[dict]) -> list[dict]:
     if task.is_generation:
-        answers = scorer.generate([task.render(prompt, r["input"]) for r in batch], task.max_new_tokens, task.stop)
+        answers = scorer.answer(prompt, [r["input"] for r in batch], task.max_new_tokens, task.stop)
         scorer.calls += len(batch)
         out = []
         for r, answer in zip(batch, answers):

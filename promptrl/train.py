@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from promptrl import progress
 from promptrl.algos.base import resume_state
+from promptrl.chat import usage_report
 from promptrl.engines import open_models
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
@@ -90,7 +91,7 @@ def run_train(cfg: DictConfig) -> dict:
             "label_words": task.label_words, "metric": task.metric, "category": task.category, **final, **trainer.summary(),
             "steps": trainer.step, "budget_target_calls": cfg.budget.target_calls, "target_calls": calls_before_eval,
             "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
-            "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
+            "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses, **usage_report(scorer, agent),
             "train_time_s": trainer.elapsed, "wall_time_s": earlier_sessions + (time.time() - start),
         }
         write_json(out / "results.json", results)

@@ -70,8 +70,8 @@ def per_example(scores: ClassificationScores | GenerationScores, acc_coef: float
     n = scores.correct.shape[-1]
     if isinstance(scores, GenerationScores):
         return [reward(GenerationScores(scores.values[:, j:j + 1]), acc_coef, margin_coef).item() for j in range(n)]
-    return [reward(ClassificationScores(scores.label_logprobs[:, j:j + 1], scores.labels[j:j + 1]), acc_coef, margin_coef).item()
-            for j in range(n)]
+    return [reward(ClassificationScores(scores.label_logprobs[:, j:j + 1], scores.labels[j:j + 1], scores.answers),
+                   acc_coef, margin_coef).item() for j in range(n)]
 
 
 class PromptAdapter:
@@ -100,7 +100,11 @@ class PromptAdapter:
             return {"input": ex.text, "answer": f"(an answer scoring {self.task.metric} {metric:.2f})", "score": value,
                     "feedback": f"The answer scored {self.task.metric} {metric:.2f}; a correct answer is: {ex.answers[0]!r}."}
         probs = scores.probs[0, j]
-        pred = int(probs.argmax())
+        pred = int(scores.predictions[0, j])
+        if pred < 0:  # a written answer (target.chat.scoring=generate) that named no label
+            return {"input": ex.text, "answer": "(no label)", "score": value,
+                    "feedback": f"Wrong: the answer named none of the labels {', '.join(map(repr, self.names))}; "
+                                f"the correct answer is {self.names[ex.label]!r}."}
         answer = self.names[pred]
         if pred == ex.label:
             feedback = f"Correct: the answer is {answer!r} (probability {probs[pred]:.2f} among the labels)."
@@ -117,6 +121,7 @@ class PromptAdapter:
 
 class GEPA(PromptOptimizer):
     validate = staticmethod(validate)
+    samples_agent_only = True  # the agent only proposes: agent.backend=chat may serve it
 
     def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)

@@ -33,6 +33,7 @@ def validate(cfg) -> None:
 
 class OPRO(PromptOptimizer):
     validate = staticmethod(validate)
+    samples_agent_only = True  # the agent only proposes: agent.backend=chat may serve it
 
     def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)

@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # never served again (`promptrl cache merge` keeps them; delete <cache_dir>/scores/ to reclaim them).
 SCORING_VERSION = 2  # 2: an over-long text keeps its BOS (fit_context)
 
+# The log-prob of a label the target did not name: a written answer (target.chat.scoring=generate)
+# names one label (log-prob 0, the others this) or none (every label this: no prediction, wrong).
+NO_LABEL = -1e9
+
 
 @dataclass
 class ClassificationScores:
@@ -38,6 +42,9 @@ class ClassificationScores:
 
     label_logprobs: torch.Tensor  # [P, N, C] log p(label word | rendered input), full-vocabulary softmax
     labels: torch.Tensor  # [N] gold class index
+    # True when the scores are the target's written answers (one label named, or none) rather
+    # than probabilities: there is no margin then, and the reward is c_a * accuracy.
+    answers: bool = False
 
     @property
     def probs(self) -> torch.Tensor:
@@ -46,7 +53,9 @@ class ClassificationScores:
 
     @property
     def predictions(self) -> torch.Tensor:
-        return self.label_logprobs.argmax(-1)
+        """[P, N] the label with the highest score; -1 where the target named no label (NO_LABEL)."""
+        best = self.label_logprobs.max(-1)
+        return torch.where(best.values <= NO_LABEL, torch.full_like(best.indices, -1), best.indices)
 
     @property
     def correct(self) -> torch.Tensor:
@@ -59,7 +68,10 @@ class ClassificationScores:
 
     @property
     def margin(self) -> torch.Tensor:
-        """[P] mean over examples of p(gold) - max p(wrong), softmax over label words, in [-1, 1]."""
+        """[P] mean over examples of p(gold) - max p(wrong), softmax over label words, in [-1, 1];
+        zeros for written answers (a one-hot answer's margin would only restate its accuracy)."""
+        if self.answers:
+            return torch.zeros(self.label_logprobs.shape[0])
         p = self.probs
         gold = p.gather(-1, self.labels.view(1, -1, 1).expand(p.shape[0], -1, 1)).squeeze(-1)
         wrong = p.scatter(-1, self.labels.view(1, -1, 1).expand(p.shape[0], -1, 1), float("-inf"))
@@ -223,6 +235,7 @@ class Scorer:
 
     tokenizer = None  # the target's tokenizer
     max_len: int | None = None  # the target's context in tokens; None: not known, nothing is cut
+    answers = False  # True: classification scores are written answers (ClassificationScores.answers)
 
     def __init__(self, task: Task, name: str):
         self.task = task
@@ -242,6 +255,11 @@ class Scorer:
         score cache's shard (a sweep runs many jobs in one process)."""
         if self.cache is not None:
             self.cache.close()
+
+    def report(self) -> dict:
+        """What this backend adds to a run's results.json (the chat backend: its token usage and
+        the answers it could not read); nothing for the local backends."""
+        return {}
 
     def encode(self, texts: list[str], room: int = 0) -> list[list[int]]:
         """The target's token ids of each text, cut to leave `room` tokens of the context for what
@@ -265,19 +283,21 @@ class Scorer:
         lp = torch.stack(rows)
         if self.task.is_generation:
             return GenerationScores(values=lp)
-        return ClassificationScores(label_logprobs=lp, labels=torch.tensor([ex.label for ex in examples]))
+        return ClassificationScores(label_logprobs=lp, labels=torch.tensor([ex.label for ex in examples]),
+                                    answers=self.answers)
 
     def score_pairs(self, prompts: list[str], examples: list[Example]) -> ClassificationScores | GenerationScores:
         """Scores of prompt i on example i only (input-specific prompts, TTE), as one row:
         `accuracy` is then [1], the mean over the pairs. Cached and counted like `score`."""
         if len(prompts) != len(examples) or not prompts:
             raise ValueError("score_pairs() needs as many prompts as examples, at least one")
-        rows = self._cached(prompts, [[ex] for ex in examples], lambda todo: self._score_texts(
-            [self.task.render(prompts[i], examples[i].text) for i in todo], [examples[i] for i in todo]).unsqueeze(1))
+        rows = self._cached(prompts, [[ex] for ex in examples], lambda todo: self._score_pairs(
+            [(prompts[i], examples[i]) for i in todo]).unsqueeze(1))
         out = torch.cat(rows)
         if self.task.is_generation:
             return GenerationScores(values=out.unsqueeze(0))
-        return ClassificationScores(label_logprobs=out.unsqueeze(0), labels=torch.tensor([ex.label for ex in examples]))
+        return ClassificationScores(label_logprobs=out.unsqueeze(0), labels=torch.tensor([ex.label for ex in examples]),
+                                    answers=self.answers)
 
     def _cached(self, prompts: list[str], examples: list[list[Example]], score_new) -> list[torch.Tensor]:
         """Each prompt's scores on its own examples ([len(examples[i]), width] each), through the
@@ -317,15 +337,24 @@ class Scorer:
 
     def _score_rows(self, prompts: list[str], examples: list[Example]) -> torch.Tensor:
         """[P * N, width] for every prompt x example, prompt-major."""
-        texts = [self.task.render(p, ex.text) for p in prompts for ex in examples]
-        return self._score_texts(texts, examples * len(prompts), group_size=len(examples))
+        return self._score_pairs([(p, ex) for p in prompts for ex in examples], group_size=len(examples))
+
+    def _score_pairs(self, pairs: list[tuple[str, Example]], group_size: int | None = None) -> torch.Tensor:
+        """[len(pairs), width] for each (prompt, example); `group_size` consecutive pairs share a
+        prompt. The backends that read one text per pair score the rendered template; the chat
+        backend places prompt and input in messages of their own."""
+        texts = [self.task.render(p, ex.text) for p, ex in pairs]
+        return self._score_texts(texts, [ex for _, ex in pairs], group_size=group_size)
 
     def _score_texts(self, texts: list[str], examples: list[Example], group_size: int | None = None) -> torch.Tensor:
         """[len(texts), width]: label log-probs, or for a generation task (task metric, reward
         metric) of the target's greedy answer to each text against its example's answers."""
         if not self.task.is_generation:
             return self._label_logprobs(texts, group_size=group_size)
-        answers = self.generate(texts, self.task.max_new_tokens, self.task.stop)
+        return self._answer_scores(self.generate(texts, self.task.max_new_tokens, self.task.stop), examples)
+
+    def _answer_scores(self, answers: list[str], examples: list[Example]) -> torch.Tensor:
+        """[len(answers), 2]: (task metric, reward metric) of each answer against its example's answers."""
         return torch.tensor([[score_answer(self.task.metric, a, ex.answers), score_answer(self.task.reward_metric, a, ex.answers)]
                              for a, ex in zip(answers, examples)], dtype=torch.float32)
 
@@ -337,6 +366,11 @@ class Scorer:
         """The target's greedy continuation of each text (generation tasks: instruction
         induction, BIG-Bench generation), cut before the first stop string and stripped."""
         raise NotImplementedError(f"{type(self).__name__} does not generate")
+
+    def answer(self, prompt: str, inputs: list[str], max_new_tokens: int, stop: list[str] = ()) -> list[str]:
+        """The target's greedy answer to each input under `prompt` (`promptrl predict` on a
+        generation task): the rendered template, or the chat backend's messages."""
+        return self.generate([self.task.render(prompt, x) for x in inputs], max_new_tokens, stop)
 
 
 def cut_at_stop(text: str, stop) -> str:
@@ -354,7 +388,7 @@ def stopped_after_text(text: str, stop) -> bool:
     return any(s and s in text for s in stop)
 
 
-BACKENDS = ("hf", "vllm", "server")
+BACKENDS = ("hf", "vllm", "server", "chat")
 
 
 def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
@@ -366,6 +400,8 @@ def build_scorer(target_cfg, task: Task, cache_dir: str, engine=None) -> Scorer:
         from promptrl.scoring.vllm_engine import VLLMScorer as cls
     elif backend == "server":
         from promptrl.scoring.server import ServerScorer as cls
+    elif backend == "chat":
+        from promptrl.scoring.chat import ChatScorer as cls
     else:
         raise UserError(f"unknown target.backend {backend!r}; expected one of: {', '.join(BACKENDS)}")
     scorer = cls.from_config(target_cfg, task, cache_dir, **({"llm": engine} if engine is not None else {}))
