@@ -14,6 +14,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from promptrl.agent import Agent
+from promptrl.algos.appo import uses_critic
 from promptrl.errors import UserError
 from promptrl.evaluate import metric_label
 from promptrl.interrupts import Interrupted
@@ -125,7 +126,8 @@ def build_agent(cfg, seed: int, engine=None) -> Agent:
     seed_everything(seed)  # LoRA and value-head initialisation
     a = cfg.agent
     agent = Agent(base, tok, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                  target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template)
+                  target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template,
+                  value_heads=uses_critic(cfg.algo))
     if a.backend == "vllm":
         agent.rollouts = VLLMRollouts(engine if engine is not None else start_agent_engine(cfg), agent)
     return agent
