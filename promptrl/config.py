@@ -263,33 +263,31 @@ class APPOConfig(AlgoBase):
     reference: str = "anchor"
     epochs: int = 100  # passes over the training split (>= 1); one step per batch
     batch_size: int = 16  # training examples each step's prompts are scored on (the reward's batch), >= 1
-    # Instructions sampled from one meta-prompt (>= 2: advantages need a spread). With one meta-
-    # prompt per step (groups_per_step=1, APPO's way) it is the step's whole sample.
+    # Instructions sampled from one meta-prompt (>= 2: advantages need a spread); with one
+    # meta-prompt per step (groups_per_step=1, APPO's way) it is the step's whole sample.
     prompts_per_step: int = 4
-    # A step samples groups_per_step meta-prompts (>= 1), each with its own draw of demonstrations,
-    # and group_size instructions (>= 2) from each: groups_per_step x group_size prompts, all scored
-    # in one target call. group_size null = prompts_per_step (the same number under its group-RL
-    # name; set one of the two, they must agree when both are set).
+    # Instructions sampled from each meta-prompt, the group (>= 2); null = prompts_per_step (the
+    # same number under its group-RL name: set one of the two; they must agree when both are set).
     group_size: Optional[int] = None
+    # Meta-prompts per step (>= 1), each with its own draw of demonstrations: a step samples
+    # groups_per_step x group_size instructions and scores them all in one target call.
     groups_per_step: int = 1
-    # How a sampled instruction's advantage is estimated:
-    #   gae     a value head (critic) per adapter and GAE over the response tokens, whitened per step
-    #           (StablePrompt's PPO); policy loss: the mean over the step's real tokens.
-    #   grpo    (reward - group mean) / (group std + 1e-6), one number per instruction broadcast
-    #           over its tokens; no value head; loss: the mean over real tokens.
-    #   drgrpo  reward - group mean (Dr. GRPO: no std division); no value head; loss: the sum over
-    #           real tokens divided by a constant, (samples in the minibatch) x agent.max_new_tokens,
-    #           so a long instruction's tokens weigh as much as a short one's.
-    #   rloo    reward - the mean of the other instructions of its group (leave-one-out); no value
-    #           head; loss: the mean over real tokens.
-    # A group is the instructions from one meta-prompt (tte: for one input). A group whose task
-    # rewards are all equal gets advantage 0 (logged as degenerate_groups).
+    # How each sampled instruction's advantage is estimated. gae: a value head (critic) per adapter
+    # and GAE over the response tokens, whitened per step (StablePrompt's PPO). grpo: (reward -
+    # group mean) / (group std + 1e-6). drgrpo: reward - group mean (Dr. GRPO, no std division).
+    # rloo: reward - the mean of the other instructions of its group (leave-one-out). The group
+    # estimators give each instruction one advantage, broadcast over its tokens, and build no value
+    # head. A group is the instructions from one meta-prompt (tte: those for one input); a group
+    # whose task rewards are all equal gets advantage 0 (counted in degenerate_groups). Token
+    # aggregation of the loss: the mean over the minibatch's real tokens (gae, grpo, rloo); drgrpo:
+    # their sum divided by a constant, the minibatch's samples x agent.max_new_tokens, so every
+    # token weighs the same however long its instruction.
     advantage: str = "gae"
-    # Where the KL to the reference enters: reward = the per-token penalty -beta * (log pi - log
-    # pi_ref) (gae: on each token's reward; group estimators: summed over the instruction and
-    # added to its reward before the group baseline) | loss = beta * GRPO's k3 estimator
-    # exp(ref - logp) - (ref - logp) - 1, aggregated over tokens like the policy loss. beta starts
-    # at init_kl_coef and follows adaptive_kl in both; with beta 0 the reference is never run.
+    # Where the KL to the reference enters. reward: the per-token penalty -beta * (log pi - log
+    # pi_ref), on each token's reward (gae) or summed over the instruction and added to its reward
+    # before the group baseline (group estimators). loss: beta * GRPO's k3 estimator exp(ref - logp)
+    # - (ref - logp) - 1, aggregated over tokens like the policy loss. beta starts at init_kl_coef
+    # and follows adaptive_kl either way; at beta 0 the reference is never run.
     kl_in: str = "reward"
     num_demos: int = 5  # input/output demonstrations drawn from train into each meta-prompt, >= 1
     # The assistant's answer starts with this text, and the agent continues it with an instruction.
@@ -309,7 +307,7 @@ class APPOConfig(AlgoBase):
     # covers the step's samples, the update is one forward and one backward: the "old" log-probs
     # are that forward's own (ratio exactly 1, the plain policy gradient), no separate pass.
     ppo_epochs: int = 4
-    mini_batch_size: Optional[int] = 4  # sampled instructions per gradient step (>= 1); null = all of the step's
+    mini_batch_size: Optional[int] = 4  # sampled instructions per gradient step (>= 1); null = all of a step's samples
     cliprange: float = 0.2  # PPO's ratio clip epsilon (> 0): the probability ratio is clipped to [1-eps, 1+eps]
     cliprange_value: float = 0.2  # value-function clip: new values stay within this of the old ones
     vf_coef: float = 0.1  # weight of the value loss beside the policy loss (gae only)
