@@ -54,7 +54,7 @@ class CountingAgent:
 
 @pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
 def test_group_estimators_build_train_and_checkpoint_no_value_head(tmp_path, advantage):
-    trainer = make_trainer(tmp_path, **{**GRPO, "advantage": advantage})
+    trainer = make_trainer(tmp_path, **{**GRPO, "advantage": advantage, "groups_per_step": 2})
     agent = trainer.agent
     assert agent.value_heads is None
     assert not [n for n, _ in agent.named_parameters() if "value" in n]
@@ -64,6 +64,8 @@ def test_group_estimators_build_train_and_checkpoint_no_value_head(tmp_path, adv
     torch.manual_seed(0)
     start(trainer, tmp_path).run()
     assert any(not torch.equal(v, before[k]) for k, v in lora_snapshot(agent, POLICY).items())
+    # --plan's count is what ran: 4 steps x 2 groups x 3 prompts x 4 inputs + one check (2 x 2 prompts on dev)
+    assert trainer.scorer.calls == APPOTrainer.planned_calls(trainer.cfg, trainer.task) == 4 * 6 * 4 + 2 * 2 * len(TEXTS)
     state = load_latest_checkpoint(tmp_path / "checkpoints")
     assert state["extra"]["value_heads"] is None
     assert not [k for k in state["extra"]["lora"] if "value" in k]
@@ -71,7 +73,7 @@ def test_group_estimators_build_train_and_checkpoint_no_value_head(tmp_path, adv
     assert {"approx_kl", "clipfrac", "entropy", "degenerate_groups", "skipped_updates", "kl", "policy_loss"} <= set(rows[0])
     assert "value_loss" not in rows[0] and "explained_variance" not in rows[0]
     # resuming into a fresh trainer loads the adapter and optimizer and no head
-    again = make_trainer(tmp_path, **{**GRPO, "advantage": advantage})
+    again = make_trainer(tmp_path, **{**GRPO, "advantage": advantage, "groups_per_step": 2})
     assert again.try_resume()
     for k, v in lora_snapshot(again.agent, POLICY).items():
         assert torch.equal(v, lora_snapshot(agent, POLICY)[k])
