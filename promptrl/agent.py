@@ -1,6 +1,7 @@
-"""The prompt-writing agent: a frozen instruct LLM with two LoRA adapters and two value heads.
+"""The prompt-writing agent: a frozen instruct LLM with two LoRA adapters and, for GAE, two value heads.
 
-`policy` is trained; `anchor` is APPO's KL reference. Both live on the same frozen base, so the
+`policy` is trained; `anchor` is APPO's KL reference. Group-relative estimators (GRPO, RLOO)
+need no critic, so their agent is built with `value_heads=False` and has none to train or save. Both live on the same frozen base, so the
 anchor costs a few MB, and "anchor <- policy" or "policy <- anchor" is a real copy of weights
 (the authors' code aliased Python objects instead, REFERENCE §4.2). What the agent is asked is
 written in promptrl/prompts.py; this module is the policy that answers.
@@ -51,7 +52,7 @@ def response_mask(responses: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
 
 class Agent(nn.Module):
     def __init__(self, base_model, tokenizer, lora_r=16, lora_alpha=32, lora_dropout=0.05,
-                 target_modules=None, max_new_tokens=100, no_chat_template="error"):
+                 target_modules=None, max_new_tokens=100, no_chat_template="error", value_heads=True):
         super().__init__()
         if no_chat_template not in ("error", "plain"):
             raise UserError(f"agent.no_chat_template={no_chat_template!r}; expected one of: error, plain")
@@ -73,9 +74,10 @@ class Agent(nn.Module):
         self.model.to(device)  # both adapters beside the weights they adapt (peft skips some devices)
         # The value heads live beside the model (a head left on the CPU default would meet CUDA
         # states in evaluate_actions) and in fp32 whatever the base dtype, like the adapters.
+        # None without a critic (group-relative advantages): nothing to build, train or save.
         hidden = base_model.config.get_text_config().hidden_size
         self.value_heads = nn.ModuleDict({k: nn.Linear(hidden, 1, device=device, dtype=torch.float32)
-                                          for k in (POLICY, ANCHOR)})
+                                          for k in (POLICY, ANCHOR)}) if value_heads else None
         self.model.set_adapter(POLICY)
         self.copy(POLICY, ANCHOR)  # the anchor starts as the initial agent
         gen = getattr(base_model, "generation_config", None)
@@ -96,7 +98,8 @@ class Agent(nn.Module):
         return {n.replace(tag, ".{}."): p for n, p in self.model.named_parameters() if "lora_" in n and tag in n}
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return list(self.lora_params(POLICY).values()) + list(self.value_heads[POLICY].parameters())
+        heads = list(self.value_heads[POLICY].parameters()) if self.value_heads is not None else []
+        return list(self.lora_params(POLICY).values()) + heads
 
     def adapter_versions(self, adapter: str) -> tuple[int, ...]:
         """The version counters of the adapter's tensors (and its value head's): any in-place
@@ -115,8 +118,9 @@ class Agent(nn.Module):
         dst_params = self.lora_params(dst)
         for key, p in self.lora_params(src).items():
             dst_params[key].copy_(p)
-        for d, s in zip(self.value_heads[dst].parameters(), self.value_heads[src].parameters()):
-            d.copy_(s)
+        if self.value_heads is not None:
+            for d, s in zip(self.value_heads[dst].parameters(), self.value_heads[src].parameters()):
+                d.copy_(s)
 
     @contextlib.contextmanager
     def using(self, adapter: str):
@@ -260,7 +264,10 @@ class Agent(nn.Module):
                          with_values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-prob of each response token under `adapter`, and the value of the state before it.
         The entropy of each token's distribution is left in `self.last_entropy` ([B, T], no grad):
-        it comes free from the same logits and is the usual early sign of a collapsing policy."""
+        it comes free from the same logits and is the usual early sign of a collapsing policy.
+        An agent without value heads answers only `with_values=False`."""
+        if with_values and self.value_heads is None:
+            raise ValueError("this agent has no value heads (built for a group-relative estimator); pass with_values=False")
         device = self.device
         B, T = responses.shape
         responses = responses.to(device)
@@ -282,6 +289,8 @@ class Agent(nn.Module):
             logp = logprobs.gather(-1, responses.unsqueeze(-1)).squeeze(-1)
             with torch.no_grad():
                 self.last_entropy = -(logprobs.exp() * logprobs).sum(-1)
-            head = self.value_heads[POLICY if adapter == BASE else adapter]
-            values = head(states.float()).squeeze(-1) if with_values else None
+            values = None
+            if with_values:
+                head = self.value_heads[POLICY if adapter == BASE else adapter]
+                values = head(states.float()).squeeze(-1)
         return logp, values

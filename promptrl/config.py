@@ -310,7 +310,32 @@ class APPOConfig(AlgoBase):
     reference: str = "anchor"
     epochs: int = 100  # passes over the training split (>= 1); one step per batch
     batch_size: int = 16  # training examples each step's prompts are scored on (the reward's batch), >= 1
-    prompts_per_step: int = 4  # instructions sampled per step from one meta-prompt (>= 2: advantages need a spread)
+    # Instructions sampled from one meta-prompt (>= 2: advantages need a spread); with one
+    # meta-prompt per step (groups_per_step=1, APPO's way) it is the step's whole sample.
+    prompts_per_step: int = 4
+    # Instructions sampled from each meta-prompt, the group (>= 2); null = prompts_per_step (the
+    # same number under its group-RL name: set one of the two; they must agree when both are set).
+    group_size: Optional[int] = None
+    # Meta-prompts per step (>= 1), each with its own draw of demonstrations: a step samples
+    # groups_per_step x group_size instructions and scores them all in one target call.
+    groups_per_step: int = 1
+    # How each sampled instruction's advantage is estimated. gae: a value head (critic) per adapter
+    # and GAE over the response tokens, whitened per step (StablePrompt's PPO). grpo: (reward -
+    # group mean) / (group std + 1e-6). drgrpo: reward - group mean (Dr. GRPO, no std division).
+    # rloo: reward - the mean of the other instructions of its group (leave-one-out). The group
+    # estimators give each instruction one advantage, broadcast over its tokens, and build no value
+    # head. A group is the instructions from one meta-prompt (tte: those for one input); a group
+    # whose task rewards are all equal gets advantage 0 (counted in degenerate_groups). Token
+    # aggregation of the loss: the mean over the minibatch's real tokens (gae, grpo, rloo); drgrpo:
+    # their sum divided by a constant, the minibatch's samples x agent.max_new_tokens, so every
+    # token weighs the same however long its instruction.
+    advantage: str = "gae"
+    # Where the KL to the reference enters. reward: the per-token penalty -beta * (log pi - log
+    # pi_ref), on each token's reward (gae) or summed over the instruction and added to its reward
+    # before the group baseline (group estimators). loss: beta * GRPO's k3 estimator exp(ref - logp)
+    # - (ref - logp) - 1, aggregated over tokens like the policy loss. beta starts at init_kl_coef
+    # and follows adaptive_kl either way; at beta 0 the reference is never run.
+    kl_in: str = "reward"
     num_demos: int = 5  # input/output demonstrations drawn from train into each meta-prompt, >= 1
     # The assistant's answer starts with this text, and the agent continues it with an instruction.
     instruction_prefix: str = FORWARD_PREFIX
@@ -325,18 +350,21 @@ class APPOConfig(AlgoBase):
     anchor_eval_prompts: int = 4  # instructions sampled from each of policy and anchor per check, >= 1
     # Adam learning rate (> 0) of the LoRA adapter and value head; the agent's rl_learning_rate.
     learning_rate: float = AGENT_RL_LEARNING_RATE  # type: ignore[assignment]
-    ppo_epochs: int = 4  # optimisation passes over each step's samples (>= 1)
-    mini_batch_size: int = 4  # sampled instructions per gradient step (>= 1)
-    cliprange: float = 0.2  # PPO's ratio clip epsilon: the probability ratio is clipped to [1-eps, 1+eps]
+    # Optimisation passes over each step's samples (>= 1). With 1 and a mini_batch_size that
+    # covers the step's samples, the update is one forward and one backward: the "old" log-probs
+    # are that forward's own (ratio exactly 1, the plain policy gradient), no separate pass.
+    ppo_epochs: int = 4
+    mini_batch_size: Optional[int] = 4  # sampled instructions per gradient step (>= 1); null = all of a step's samples
+    cliprange: float = 0.2  # PPO's ratio clip epsilon (> 0): the probability ratio is clipped to [1-eps, 1+eps]
     cliprange_value: float = 0.2  # value-function clip: new values stay within this of the old ones
-    vf_coef: float = 0.1  # weight of the value loss beside the policy loss
+    vf_coef: float = 0.1  # weight of the value loss beside the policy loss (gae only)
     gamma: float = 1.0  # per-token discount in GAE, in [0, 1] (1: the task reward reaches every token)
     lam: float = 0.95  # GAE's lambda, in [0, 1]: bias-variance trade-off of the advantage estimate
-    init_kl_coef: float = 0.2  # beta, the weight of the per-token KL penalty to the reference at the start
+    init_kl_coef: float = 0.2  # beta (>= 0), the weight of the KL to the reference at the start (see kl_in); 0 = no KL
     adaptive_kl: bool = True  # adapt beta so the KL tracks kl_target (Ziegler et al.); false = fixed beta
-    kl_target: float = 6.0  # the sequence-level KL (nats) the adaptive controller steers towards
-    kl_horizon: float = 10000.0  # the adaptive controller's horizon in samples: larger = slower changes of beta
-    whiten_advantages: bool = True  # normalise advantages to zero mean, unit variance per step
+    kl_target: float = 6.0  # the sequence-level KL (nats, > 0) the adaptive controller steers towards
+    kl_horizon: float = 10000.0  # the adaptive controller's horizon in samples (> 0): larger = slower changes of beta
+    whiten_advantages: bool = True  # gae: normalise advantages to zero mean, unit variance per step
     max_grad_norm: Optional[float] = None  # clip the gradient to this L2 norm; null = no clipping
     # Queue admission: false (the paper) offers each prompt to the queue with its reward on the
     # step's batch; true re-scores it on the whole training split first (the batch's scorings

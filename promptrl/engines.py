@@ -135,6 +135,7 @@ def build_agent(cfg, seed: int, engine=None, stack: ExitStack | None = None):
     """The agent; with agent.backend=vllm its samples come from `engine` (one shared with the
     target) or from an engine of its own, which `stack` (when given) closes."""
     from promptrl.agent import Agent
+    from promptrl.algos.appo import uses_critic
     from promptrl.models import load_model
     from promptrl.train import seed_everything
 
@@ -150,7 +151,8 @@ def build_agent(cfg, seed: int, engine=None, stack: ExitStack | None = None):
     seed_everything(seed)  # LoRA and value-head initialisation
     a = cfg.agent
     agent = Agent(base, tok, lora_r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
-                  target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template)
+                  target_modules=a.target_modules, max_new_tokens=a.max_new_tokens, no_chat_template=a.no_chat_template,
+                  value_heads=uses_critic(cfg.algo))  # group-relative estimators build no critic
     if stack is not None:
         stack.callback(agent.close)
     if a.backend == "vllm":  # agent.close() closes the rollouts and their engine (shutdown is idempotent)

@@ -12,11 +12,17 @@ MLP shape for the machine's peak. The last line is
   speedup_vs_reference: <b over a> mfu_vs_matmul_peak: <needed FLOPs / time(b) / peak, b's dtype>
 
 and the script exits 1 if (a) and (b) disagree (fp32 within 1e-4; bf16 same predictions on >= 99%).
-Then one full APPO step (4 prompts of <= 64 new tokens, 16 inputs, PPO update) is timed by phase,
-each beside its floor: the seconds the work it needs would take at this machine's matmul peak
-and weight-read speed (`appo_floors`).
+Then one full RL step (4 prompts of <= 64 new tokens, 16 inputs, the update) is timed by phase
+for each estimator, interleaved in the same run: APPO (value head, GAE, 4 PPO epochs) and
+anchored GRPO (conf/algo/grpo.yaml with the same 4 prompts: one forward and one backward), each
+beside its floor: the seconds the work it needs would take at this machine's matmul peak and
+weight-read speed (`step_floors`). It prints
 
-    python scripts/bench_scoring.py [--threads 2] [--repeats 3] [--no-appo-step]
+  grpo_step_vs_appo[<backend>,<dtype>]: <median grpo step / median APPO step>
+
+and counts a ratio above 0.5 as a failure (issue 38's requirement).
+
+    python scripts/bench_scoring.py [--threads 2] [--repeats 3] [--no-appo-step] [--estimators appo,grpo]
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
 from rich.console import Console
 from rich.table import Table
 
@@ -147,14 +154,34 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
-# --- one APPO step -------------------------------------------------------------------------------
-def appo_floors(agent, target_config, target_dtype, task, tokenizer, query: torch.Tensor, samples, batch,
-                ppo_epochs: int) -> dict:
+# --- one RL step per estimator -------------------------------------------------------------------
+# The same workload for each (4 prompts of <= 64 new tokens from one meta-prompt, 16 inputs);
+# what differs is the update: APPO as StablePrompt runs it (value head, GAE, 4 PPO epochs) and
+# anchored GRPO (conf/algo/grpo.yaml: no value head, one forward and one backward).
+ESTIMATORS = {
+    "appo": ["algo=appo"],
+    "grpo": ["algo=grpo", "algo.group_size=4", "algo.groups_per_step=1"],
+}
+
+
+def update_passes(algo_cfg, n: int = 4) -> int:
+    """Forward-pass equivalents the update of n samples needs (a backward that needs input
+    gradients only is about one forward more): the no-grad old pass (none when one epoch in one
+    minibatch reuses the first forward), the reference pass (none at beta 0), and per minibatch
+    a forward and a backward."""
+    size = n if algo_cfg.mini_batch_size is None else algo_cfg.mini_batch_size
+    minibatches = -(-n // size)
+    one_pass = algo_cfg.ppo_epochs == 1 and minibatches == 1
+    return int(not one_pass) + int(algo_cfg.init_kl_coef != 0) + 2 * algo_cfg.ppo_epochs * minibatches
+
+
+def step_floors(agent, target_config, target_dtype, task, tokenizer, query: torch.Tensor, samples, batch,
+                passes: int) -> dict:
     """Seconds each phase would take at this machine's limits, counting only the work the method
     needs (real response tokens, no padding): decoding reads every agent weight once per new
     token (memory-bound at batch 4), the query prefill and the update are matmul-bound (the
-    update is 2 no-grad passes plus, per PPO epoch, a forward and a backward that needs input
-    gradients only, about one forward more), and scoring needs `needed_flops` of the target."""
+    update is `passes` forward-pass equivalents, `update_passes`), and scoring needs
+    `needed_flops` of the target."""
     model = agent.model.get_base_model()
     config, dtype = model.config, next(model.parameters()).dtype
     peak = matmul_peak(dtype, config)
@@ -169,51 +196,60 @@ def appo_floors(agent, target_config, target_dtype, task, tokenizer, query: torc
     seqs = [tokenizer([task.render(p, ex.text) for ex in batch], add_special_tokens=True)["input_ids"]
             for p in samples.prompts]
     score = needed_flops(target_config, seqs) / matmul_peak(target_dtype, target_config)
-    return {"generate": prefill / peak + decode, "score": score, "update": (2 + 2 * ppo_epochs) * update_pass / peak}
+    return {"generate": prefill / peak + decode, "score": score, "update": passes * update_pass / peak}
 
 
-def appo_step(threads: int, agent_backend: str, agent_dtype: str, steps: int = 3) -> list[dict]:
-    """`steps` timed APPO steps after one warm-up step (first calls allocate, pick kernels and,
-    on vLLM, load the adapters). agent_backend=vllm runs the fastest arrangement: one engine for
-    the target and the agent's adapters, in the agent's dtype."""
-    from promptrl.algos.appo import APPOTrainer
+def rl_steps(threads: int, agent_backend: str, agent_dtype: str, estimators: list[str], steps: int = 3) -> list[dict]:
+    """`steps` timed steps of each estimator after one warm-up step each (first calls allocate, pick
+    kernels and, on vLLM, load the adapters), interleaved (appo, grpo, appo, ...) so a neighbour's
+    load falls on both alike; each estimator has its own trainer and agent, seeded alike, and
+    both get the same query and batch each round. agent_backend=vllm runs the fastest
+    arrangement: one engine for the target and the agent's adapters, in the agent's dtype."""
     from promptrl.engines import build_agent, shares_engine, start_agent_engine
     from promptrl.train import seed_everything
 
-    overrides = ["algo=appo", "agent.max_new_tokens=64", f"agent.dtype={agent_dtype}", "algo.prompts_per_step=4",
-                 "algo.batch_size=16", "target.score_cache=false", f"target.num_threads={threads}"]
+    common = ["agent.max_new_tokens=64", f"agent.dtype={agent_dtype}", "algo.prompts_per_step=4",
+              "algo.batch_size=16", "target.score_cache=false", f"target.num_threads={threads}"]
     if agent_backend == "vllm":
-        overrides += ["agent.backend=vllm", "target.backend=vllm", f"target.dtype={agent_dtype}",
-                      "target.vllm.max_model_len=2048", "target.vllm.cpu_kvcache_space_gb=2"]
-    cfg = compose_cfg(overrides)
-    seed_everything(0)
-    task = load_task(cfg.task, 0)
-    engine = start_agent_engine(cfg) if shares_engine(cfg) else None
-    scorer = build_scorer(cfg.target, task, cfg.cache_dir, engine=engine)
-    agent = build_agent(cfg, 0, engine=engine)
-    trainer = APPOTrainer(cfg.algo, task, scorer, agent, None, seed=0, checkpoint_every=0, progress=False)
-    target = getattr(scorer, "model", None)  # HF scorer; a shared vLLM engine serves the agent's own model
-    target_config = target.config if target is not None else agent.model.get_base_model().config
-    target_dtype = next(target.parameters()).dtype if target is not None else next(agent.model.parameters()).dtype
-    sampled = []
-    sample = agent.sample
-    agent.sample = lambda *a, **k: sampled.append(sample(*a, **k)) or sampled[-1]  # keep the step's samples
+        common += ["agent.backend=vllm", "target.backend=vllm", f"target.dtype={agent_dtype}",
+                   "target.vllm.max_model_len=2048", "target.vllm.cpu_kvcache_space_gb=2"]
+    runs = {}
+    engine = None
+    for name in estimators:
+        cfg = compose_cfg(ESTIMATORS[name] + common)
+        seed_everything(0)
+        task = load_task(cfg.task, 0)
+        if engine is None and shares_engine(cfg):
+            engine = start_agent_engine(cfg)
+        scorer = build_scorer(cfg.target, task, cfg.cache_dir, engine=engine)
+        agent = build_agent(cfg, 0, engine=engine)
+        trainer = get_class(cfg.algo._target_)(cfg.algo, task, scorer, agent, None, seed=0, checkpoint_every=0,
+                                               progress=False)
+        sampled = []
+        sample = agent.sample
+        agent.sample = lambda *a, _s=sample, _k=sampled, **k: _k.append(_s(*a, **k)) or _k[-1]  # keep the step's samples
+        runs[name] = (cfg, task, scorer, agent, trainer, sampled)
     rows = []
     for step in range(steps + 1):
-        batches = trainer.epoch_batches(0)
-        batch = batches[step % len(batches)]
-        query = trainer.make_query()
-        total, row = timed(lambda batch=batch, query=query: trainer.ppo_step(batch, query))
-        if step == 0:
-            continue
-        floor = appo_floors(agent, target_config, target_dtype, task, agent.tokenizer, query, sampled[-1], batch,
-                            cfg.algo.ppo_epochs)
-        rows.append({"backend": agent_backend, "agent": agent_dtype, "step": step, "total": total,
-                     "generate": row["time_generate"], "score": row["time_score"], "update": row["time_update"],
-                     "tokens": float(row["response_len"]), "query": len(query), "floor": floor,
-                     "target": f"{cfg.target.backend} {cfg.target.dtype}"})
-    scorer.close()
-    agent.close()
+        for name, (cfg, task, scorer, agent, trainer, sampled) in runs.items():
+            batches = trainer.epoch_batches(0)
+            batch = batches[step % len(batches)]
+            query = trainer.make_query()
+            total, row = timed(lambda batch=batch, query=query, trainer=trainer: trainer.ppo_step(batch, [query]))
+            if step == 0:
+                continue
+            target = getattr(scorer, "model", None)  # HF scorer; a shared vLLM engine serves the agent's own model
+            target_config = target.config if target is not None else agent.model.get_base_model().config
+            target_dtype = next(target.parameters()).dtype if target is not None else next(agent.model.parameters()).dtype
+            floor = step_floors(agent, target_config, target_dtype, task, agent.tokenizer, query, sampled[-1], batch,
+                                update_passes(cfg.algo))
+            rows.append({"algo": name, "backend": agent_backend, "agent": agent_dtype, "step": step, "total": total,
+                         "generate": row["time_generate"], "score": row["time_score"], "update": row["time_update"],
+                         "tokens": float(row["response_len"]), "query": len(query), "floor": floor,
+                         "target": f"{cfg.target.backend} {cfg.target.dtype}"})
+    for _, _, scorer, agent, _, _ in runs.values():
+        scorer.close()
+        agent.close()
     return rows
 
 
@@ -222,10 +258,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for every backend")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--inputs", type=int, default=64, help="SST-2 test inputs per prompt")
-    parser.add_argument("--no-appo-step", action="store_true", help="skip the APPO step breakdown")
+    parser.add_argument("--no-appo-step", action="store_true", help="skip the RL step breakdowns (APPO and GRPO)")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM backend even if installed")
     parser.add_argument("--agent-dtypes", default="float32,bfloat16",
                         help="agent dtypes to time the APPO step in (float32 is the embedded agent's default)")
+    parser.add_argument("--estimators", default="appo,grpo",
+                        help="RL steps to time side by side (appo: value head + 4 PPO epochs; grpo: conf/algo/grpo.yaml)")
     parser.add_argument("--agent-backends", default="hf,vllm",
                         help="agent backends to time the APPO step with (vllm: skipped if vLLM is not installed)")
     args = parser.parse_args()
@@ -301,26 +339,38 @@ def main() -> int:
 
     if not args.no_appo_step:
         backends = [b for b in args.agent_backends.split(",") if b != "vllm" or importlib.util.find_spec("vllm")]
-        rows = [r for dt in args.agent_dtypes.split(",") for b in backends for r in appo_step(args.threads, b, dt)]
-        step_table = Table(title="one APPO step: 4 prompts (<= 64 new tokens) x 16 inputs + PPO update, seconds, "
-                                 "after a warm-up step (floor: the needed work at matmul peak and weight-read speed)")
-        for col in ("agent", "dtype", "target", "step", "query tokens", "mean prompt tokens", "generate (floor)",
+        estimators = args.estimators.split(",")
+        rows = [r for dt in args.agent_dtypes.split(",") for b in backends for r in rl_steps(args.threads, b, dt, estimators)]
+        step_table = Table(title="one RL step: 4 prompts (<= 64 new tokens) x 16 inputs + the update, seconds, after a "
+                                 "warm-up step (floor: the needed work at matmul peak and weight-read speed)")
+        for col in ("algo", "agent", "dtype", "target", "step", "query tokens", "mean prompt tokens", "generate (floor)",
                     "score (floor)", "update (floor)", "total (floor)"):
             step_table.add_column(col, justify="right")
         for r in rows:
             floor = r["floor"]
-            step_table.add_row(r["backend"], r["agent"], r["target"], str(r["step"]), str(r["query"]), f"{r['tokens']:.0f}",
-                               *(f"{r[k]:.2f} ({floor[k]:.2f})" for k in ("generate", "score", "update")),
+            step_table.add_row(r["algo"], r["backend"], r["agent"], r["target"], str(r["step"]), str(r["query"]),
+                               f"{r['tokens']:.0f}", *(f"{r[k]:.2f} ({floor[k]:.2f})" for k in ("generate", "score", "update")),
                                f"{r['total']:.2f} ({sum(floor.values()):.2f})")
         console.print(step_table)
-        median_of = lambda key, backend, dt: statistics.median(r[key] for r in rows if r["backend"] == backend and r["agent"] == dt)
+        median_of = lambda key, backend, dt, algo="appo": statistics.median(
+            r[key] for r in rows if r["backend"] == backend and r["agent"] == dt and r["algo"] == algo)
         for dt in args.agent_dtypes.split(","):
-            if {"hf", "vllm"} <= set(backends):
+            if {"hf", "vllm"} <= set(backends) and "appo" in estimators:
                 # per generated token, since the two backends' samples differ in length
                 per_token = {b: median_of("generate", b, dt) / median_of("tokens", b, dt) for b in ("hf", "vllm")}
                 print(f"agent_generate_speedup_vllm_vs_hf[{dt}]: {per_token['hf'] / per_token['vllm']:.2f} "
                       f"(s/token hf {per_token['hf']:.3f}, vllm {per_token['vllm']:.3f}); "
                       f"step median hf {median_of('total', 'hf', dt):.2f} s, vllm {median_of('total', 'vllm', dt):.2f} s")
+            for b in backends:
+                if {"appo", "grpo"} <= set(estimators):
+                    # the requirement of issue 38: a grpo step in at most half an APPO step's time
+                    ratio = median_of("total", b, dt, "grpo") / median_of("total", b, dt, "appo")
+                    print(f"grpo_step_vs_appo[{b},{dt}]: {ratio:.2f} (median step appo {median_of('total', b, dt):.2f} s, "
+                          f"grpo {median_of('total', b, dt, 'grpo'):.2f} s; update appo {median_of('update', b, dt):.2f} s, "
+                          f"grpo {median_of('update', b, dt, 'grpo'):.2f} s; "
+                          f"generate appo {median_of('generate', b, dt):.2f} s, grpo {median_of('generate', b, dt, 'grpo'):.2f} s)")
+                    if ratio > 0.5:
+                        failures.append(f"grpo step takes {ratio:.2f} of the APPO step ({b}, {dt}) > 0.5")
 
     for f in failures:
         console.print(f"[red]FAIL[/red] {f}")

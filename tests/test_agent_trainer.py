@@ -29,11 +29,11 @@ def toy_task():
                 train=ex, dev=ex, test=ex)
 
 
-def make_agent(seed=0, max_new_tokens=6):
+def make_agent(seed=0, max_new_tokens=6, value_heads=True):
     tok = make_tokenizer()
     torch.manual_seed(seed)
     return Agent(make_model(len(tok), seed=seed), tok, lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                 max_new_tokens=max_new_tokens)
+                 max_new_tokens=max_new_tokens, value_heads=value_heads)
 
 
 def algo_cfg(**over):
@@ -212,7 +212,7 @@ def make_trainer(tmp_path, seed=0, **over):
     task = toy_task()
     tok = make_tokenizer()
     target = HFScorer(make_model(len(tok), seed=123), tok, task, "tiny-target")
-    agent = make_agent(seed)
+    agent = make_agent(seed, value_heads=over.get("advantage", "gae") == "gae")
     trainer = APPOTrainer(algo_cfg(**over), task, target, agent, tmp_path, seed=seed, checkpoint_every=1)
     return trainer
 
@@ -237,14 +237,16 @@ def test_training_updates_the_policy_and_logs_every_step(tmp_path):
     assert trainer.scorer.calls == 4 * 3 * 4 + 1 * 2 * 2 * len(TEXTS)  # steps x prompts x batch + one anchor check (2 x 2 prompts on dev)
 
 
-def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("over", [{}, {"advantage": "grpo", "groups_per_step": 2, "ppo_epochs": 1, "mini_batch_size": 6}],
+                         ids=["gae", "grpo"])
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, over):
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     torch.manual_seed(0)
-    full = start(make_trainer(full_dir), full_dir)
+    full = start(make_trainer(full_dir, **over), full_dir)
     full.run()
 
     torch.manual_seed(0)
-    cut = start(make_trainer(cut_dir), cut_dir)
+    cut = start(make_trainer(cut_dir, **over), cut_dir)
     real_step = cut.ppo_step
     calls = {"n": 0}
 
@@ -260,7 +262,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     assert sorted(p.name for p in (cut_dir / "checkpoints").glob("*.pt")) == ["ckpt-0000002.pt", "ckpt-0000003.pt"]
 
     torch.manual_seed(999)  # whatever the process state, resume restores it
-    resumed = make_trainer(cut_dir)
+    resumed = make_trainer(cut_dir, **over)
     resumed.resume()
     assert resumed.step == 3
     start(resumed, cut_dir, resume_step=resumed.step - 1).run()

@@ -34,3 +34,12 @@ def test_needed_flops_counts_a_shared_prefix_once():
             + 2 * head)
     assert bench.needed_flops(CONFIG, [seqs]) == want
     assert want < bench.forward_flops(CONFIG, 0, 7) + bench.forward_flops(CONFIG, 0, 8) + 2 * head
+
+
+def test_update_passes_count_what_each_estimator_runs():
+    appo = SimpleNamespace(ppo_epochs=4, mini_batch_size=4, init_kl_coef=0.2)
+    assert bench.update_passes(appo) == 2 + 2 * 4  # old + reference pass, 4 x (forward + backward)
+    grpo = SimpleNamespace(ppo_epochs=1, mini_batch_size=None, init_kl_coef=0.04)
+    assert bench.update_passes(grpo) == 1 + 2  # the reference pass, one forward + backward
+    assert bench.update_passes(SimpleNamespace(ppo_epochs=1, mini_batch_size=None, init_kl_coef=0.0)) == 2
+    assert bench.update_passes(SimpleNamespace(ppo_epochs=1, mini_batch_size=2, init_kl_coef=0.0)) == 1 + 2 * 2

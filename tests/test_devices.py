@@ -14,11 +14,11 @@ from device_proxy import PROXY, DeviceMismatch, on_proxy, proxy_device, to_proxy
 from test_agent_trainer import algo_cfg, toy_task
 
 
-def proxy_agent(seed=0):
+def proxy_agent(seed=0, value_heads=True):
     tok = make_tokenizer()
     torch.manual_seed(seed)
     base = to_proxy(make_model(len(tok), seed=seed))  # what load_model's model.to(device) does
-    return Agent(base, tok, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=6)
+    return Agent(base, tok, lora_r=4, lora_alpha=8, lora_dropout=0.0, max_new_tokens=6, value_heads=value_heads)
 
 
 def all_tensors_on_proxy(module) -> list[str]:
@@ -67,6 +67,38 @@ def test_sampling_and_ppo_update_run_on_the_model_device(tmp_path):
             assert torch.equal(fresh.agent.lora_params(POLICY)[key].cpu(), p.cpu())
         assert all(on_proxy(v) for s in fresh.optimizer.state.values() for k, v in s.items() if k != "step")
         fresh.agent.sample(fresh.make_query(), 2, ANCHOR)
+
+
+@pytest.mark.parametrize("advantage, kl_in", [("grpo", "loss"), ("drgrpo", "reward")])
+def test_a_group_rl_step_runs_on_the_model_device(tmp_path, advantage, kl_in):
+    """A grpo step (two groups of different queries, one forward and backward, the reference
+    pass, group advantages, the non-finite check) with the model on the device, no value head,
+    then a checkpoint loaded into a fresh agent."""
+    task = toy_task()
+    cfg = algo_cfg(epochs=1, batch_size=8, update_term=1, advantage=advantage, kl_in=kl_in, groups_per_step=2,
+                   ppo_epochs=1, mini_batch_size=None)
+    with proxy_device():
+        agent = proxy_agent(value_heads=False)
+        tok = make_tokenizer()
+        scorer = HFScorer(to_proxy(make_model(len(tok), seed=1)), tok, task, "proxy-target")
+        trainer = APPOTrainer(cfg, task, scorer, agent, tmp_path, checkpoint_every=1)
+        with torch.no_grad():  # policy != anchor, so the KL terms are not zero
+            for p in agent.lora_params(POLICY).values():
+                p.add_(0.1)
+        before = {k: v.cpu().clone() for k, v in agent.lora_params(POLICY).items()}
+        row = trainer.train_step()
+        assert row["skipped_updates"] == 0 and row["kl"] != 0 and len(row["prompts"]) == 6
+        assert any(not torch.equal(p.cpu(), before[k]) for k, p in agent.lora_params(POLICY).items())
+        state = trainer.optimizer.state
+        assert state and all(on_proxy(v) for s in state.values() for k, v in s.items() if k != "step")
+        assert all_tensors_on_proxy(agent) == [] and agent.value_heads is None
+        trainer.anchor_check()
+        trainer.save()
+        fresh = APPOTrainer(cfg, task, scorer, proxy_agent(seed=5, value_heads=False), tmp_path)
+        fresh.resume()
+        assert all_tensors_on_proxy(fresh.agent) == []
+        for key, p in agent.lora_params(POLICY).items():
+            assert torch.equal(fresh.agent.lora_params(POLICY)[key].cpu(), p.cpu())
 
 
 def test_checkpoints_hold_cpu_tensors_so_they_resume_on_any_device(tmp_path):

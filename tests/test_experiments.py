@@ -76,3 +76,20 @@ def test_study_arms_differ_only_in_the_optimiser_and_the_natural_template():
                                             "reference": c.algo.reference, "queue_rescore": arm == "appo_rescore"}}, arm
     assert arms["appo_natural"].task.template == "{prompt}\n\nReview: {input}\nSentiment:"
     assert same(arms["ape"], "task") == same(arms["appo"], "task") != same(arms["appo_natural"], "task")
+
+
+def test_grpo_arms_are_anchored_and_base_referenced_grpo_on_the_study_setup():
+    """conf/arm/grpo.yaml and grpo_base.yaml (not in the study's sweep yet): the study's agent, target,
+    task and budget, algo=grpo's settings, and only the reference differs between the two."""
+    appo = composed("experiment=study_sst2", "+arm=appo")
+    grpo, base = composed("experiment=study_sst2", "+arm=grpo"), composed("experiment=study_sst2", "+arm=grpo_base")
+    same = lambda c, *keys: OmegaConf.to_container(OmegaConf.masked_copy(c, list(keys)), resolve=True)
+    for c in (grpo, base):
+        assert same(c, "agent", "target", "task", "checkpoint_every", "budget") == \
+            same(appo, "agent", "target", "task", "checkpoint_every", "budget")
+        assert (c.algo.name, c.algo.advantage, c.algo.ppo_epochs, c.algo.mini_batch_size) == ("grpo", "grpo", 1, None)
+        assert c.algo.prompts_per_step == c.algo.group_size >= 2
+    assert (grpo.algo.reference, base.algo.reference) == ("anchor", "base")
+    assert {**same(base, "algo")["algo"], "reference": "anchor"} == same(grpo, "algo")["algo"]
+    variant = composed("experiment=study_sst2", "+arm=grpo", "algo.advantage=rloo")
+    assert variant.algo.advantage == "rloo" and variant.algo.name == "grpo"

@@ -14,6 +14,8 @@ from conftest import TINY, run_cli
 pytestmark = pytest.mark.slow
 
 SMALL_DEMO = ["experiment=cpu_demo", *TINY]
+# The same schedule with anchored GRPO: two groups of two a step, one forward and backward, no value head.
+GRPO_DEMO = [*SMALL_DEMO, "algo=grpo", "algo.group_size=2", "algo.groups_per_step=2"]
 
 
 def train(shared_data, *args, crash_at=None):
@@ -33,22 +35,40 @@ def comparable(results):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, shared_data):
-    run = tmp_path_factory.mktemp("reference") / "run"
-    r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return run
+def references(tmp_path_factory, shared_data):
+    """The uninterrupted run of each schedule, made once per module when a test first asks."""
+    runs = {}
+
+    def get(args):
+        key = tuple(args)
+        if key not in runs:
+            run = tmp_path_factory.mktemp("reference") / "run"
+            r = train(shared_data, *args, f"hydra.run.dir={run}")
+            assert r.returncode == 0, r.stderr[-3000:]
+            runs[key] = run
+        return runs[key]
+
+    return get
 
 
-@pytest.mark.parametrize("crash_at, corrupt_newest", [
-    ("mid-step:3", False),  # during the 3rd PPO step, after scoring, before the update
-    ("mid-step:3", True),  # the same, and the newest checkpoint torn as if the disk lied
-    ("mid-checkpoint-write:3", False),  # half of the 3rd checkpoint written
-    ("between-dev-and-test:1", False),  # during the final evaluation
-])
-def test_killed_run_resumes_to_the_uninterrupted_result(crash_at, corrupt_newest, reference, shared_data, tmp_path):
+@pytest.fixture(scope="module")
+def reference(references):
+    return references(SMALL_DEMO)
+
+
+@pytest.mark.parametrize("demo, crash_at, corrupt_newest", [
+    (SMALL_DEMO, "mid-step:3", False),  # during the 3rd PPO step, after scoring, before the update
+    (SMALL_DEMO, "mid-step:3", True),  # the same, and the newest checkpoint torn as if the disk lied
+    (SMALL_DEMO, "mid-checkpoint-write:3", False),  # half of the 3rd checkpoint written
+    (SMALL_DEMO, "between-dev-and-test:1", False),  # during the final evaluation
+    (GRPO_DEMO, "mid-step:3", False),  # anchored GRPO: adapter, anchor and optimizer resume, no value head
+    (GRPO_DEMO, "mid-checkpoint-write:3", False),
+], ids=["appo-mid-step", "appo-mid-step-torn", "appo-mid-checkpoint", "appo-final-eval", "grpo-mid-step",
+        "grpo-mid-checkpoint"])
+def test_killed_run_resumes_to_the_uninterrupted_result(demo, crash_at, corrupt_newest, references, shared_data, tmp_path):
+    reference = references(demo)
     run = tmp_path / "run"
-    r = train(shared_data, *SMALL_DEMO, f"hydra.run.dir={run}", crash_at=crash_at)
+    r = train(shared_data, *demo, f"hydra.run.dir={run}", crash_at=crash_at)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     assert not (run / "results.json").exists()
     ckpts = sorted((run / "checkpoints").glob("ckpt-*.pt"))
@@ -74,6 +94,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(crash_at, corrupt_newest
     steps = [row["step"] for row in got if "anchor" not in row]
     assert steps == sorted(set(steps)) == list(range(len(steps)))  # no step twice, none missing
     assert got == want
+    if demo is GRPO_DEMO:
+        state = torch.load(sorted((run / "checkpoints").glob("ckpt-*.pt"))[-1], map_location="cpu", weights_only=False)
+        assert state["extra"]["value_heads"] is None and "value_loss" not in got[0]
+        assert all(len(row["prompts"]) == 4 for row in got if "anchor" not in row)  # 2 groups x 2
     assert comparable(json.loads((run / "results.json").read_text())) == \
         comparable(json.loads((reference / "results.json").read_text()))
     assert not list((run / "checkpoints").glob(".ckpt-*.tmp"))  # stale temp files are cleaned up

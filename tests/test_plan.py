@@ -118,3 +118,21 @@ def test_plan_calls_of_one_run_follow_the_budget(shared_data, monkeypatch):
     assert plan_calls(cfg, task)["train"] == (1 + 2 * 2) * 32  # the initial instruction and 2 x 2 proposals on train
     cfg.budget.target_calls = 64
     assert plan_calls(cfg, task)["train"] == 64
+
+
+def test_plan_counts_every_group_of_a_grpo_step(shared_data, monkeypatch):
+    """--plan for algo=grpo: groups_per_step x group_size prompts a step on each training example,
+    plus APPO's anchor checks; algo=appo keeps its one group of prompts_per_step."""
+    from hydra import compose, initialize_config_dir
+
+    from promptrl.tasks import load_task
+
+    monkeypatch.setenv("PROMPTRL_DATA", str(shared_data))
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        grpo = compose("train", overrides=["algo=grpo", "algo.group_size=3", "algo.groups_per_step=5", "algo.epochs=4",
+                                           "algo.update_term=1"])
+        appo = compose("train", overrides=["algo=appo", "algo.prompts_per_step=3", "algo.epochs=4", "algo.update_term=1"])
+    task = load_task(grpo.task, grpo.seed)
+    n, checks = len(task.train), 3 * 2 * 4 * len(task.dev)  # a dev check after each epoch but the last, 4 + 4 prompts
+    assert plan_calls(grpo, task)["train"] == 4 * 5 * 3 * n + checks
+    assert plan_calls(appo, task)["train"] == 4 * 3 * n + checks

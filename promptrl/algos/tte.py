@@ -4,6 +4,8 @@ The agent writes an instruction for one input: its query is the TTE meta-prompt,
 demonstrations from train, and the current input. Training takes one training example per step
 (the authors' batch size 1), samples `prompts_per_step` instructions for it, rewards each on
 that single example (accuracy + margin, or the generation metric) and makes one APPO update.
+With a group-relative estimator (algo.advantage=grpo|drgrpo|rloo) those instructions are the
+group: each input's update compares the instructions written for it.
 The anchor check compares policy and anchor on dev, each writing one instruction per dev input.
 At test time every test input gets its own instruction from the policy; that per-input protocol
 is what `test_accuracy` reports (there is no single best prompt).
@@ -17,7 +19,7 @@ import logging
 import torch
 
 from promptrl.agent import ANCHOR, POLICY
-from promptrl.algos.appo import APPOTrainer
+from promptrl.algos.appo import APPOTrainer, group_size, setting
 from promptrl.errors import UserError
 from promptrl.evaluate import evaluate_prompts
 from promptrl.prompts import format_demos, tte_message
@@ -39,7 +41,7 @@ class TTETrainer(APPOTrainer):
 
     def ppo_step(self, batch, query=None) -> dict:
         """One APPO update per input of the batch; the step's row averages their numbers."""
-        rows = [super(TTETrainer, self).ppo_step([ex], query=self.tte_query(ex)) for ex in batch]
+        rows = [super(TTETrainer, self).ppo_step([ex], queries=[self.tte_query(ex)]) for ex in batch]
         if len(rows) == 1:
             return rows[0]
         merged = {"prompts": [p for r in rows for p in r["prompts"]]}
@@ -57,6 +59,9 @@ class TTETrainer(APPOTrainer):
     @classmethod
     def check_config(cls, cfg) -> None:
         super().check_config(cfg)
+        if setting(cfg, "groups_per_step") != 1:
+            raise UserError(f"algo.groups_per_step={setting(cfg, 'groups_per_step')} is not for tte: a group is the "
+                            "instructions for one input; expected 1 (algo.batch_size sets the inputs per step)")
         if cfg.queue_rescore:
             raise UserError("algo.queue_rescore=true is not for tte: its instructions are written for one input each; "
                             "expected false (use it with appo or ppo)")
@@ -64,7 +69,7 @@ class TTETrainer(APPOTrainer):
     @classmethod
     def planned_calls(cls, cfg, task) -> int:
         checks = cfg.epochs // cfg.update_term  # the last check counts too (anchor_check_matters)
-        return cfg.epochs * cfg.prompts_per_step * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
+        return cfg.epochs * group_size(cfg) * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
 
     @staticmethod
     def check_calls(cfg, n_dev: int) -> int:
