@@ -250,12 +250,12 @@ def write_outputs(table: list[dict], by: list[str], out: Path) -> None:
     (out / "report.md").write_text(markdown(*table_cells(table, by)))
 
 
-def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, smooth: int = 1):
-    """Mean, min and max over runs of y at each x (step rows only). With carry_forward each run
-    is a step function (its last value holds until its next row), so runs whose rows fall at
-    different x (target calls) still average point by point. smooth > 1 replaces each run's y by
-    its trailing mean over that many rows first, so the band shows the spread between seeds
-    rather than the noise of single steps (4 prompts a step)."""
+def curve(runs: list[Run], x_key: str, y_key: str, smooth: int = 1):
+    """Mean, min and max over runs of y at each x (step rows only), over the runs with a row at
+    that x. smooth > 1 replaces each run's y by its trailing mean over that many rows first, so
+    the band shows the spread between seeds rather than the noise of single steps (4 prompts a
+    step). Best-so-far curves against target calls, where runs' rows fall at different x, use
+    `best_so_far`."""
     series = []
     for r in runs:
         points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
@@ -265,19 +265,58 @@ def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, 
             points = [(x, statistics.fmean(ys[max(0, i - smooth + 1):i + 1])) for i, (x, _) in enumerate(points)]
         if points:
             series.append(points)
-    xs = sorted({x for points in series for x, _ in points})
+    per_x: dict[float, list[float]] = {}
+    for points in series:
+        for x, y in dict(points).items():
+            per_x.setdefault(x, []).append(y)
+    xs = sorted(per_x)
+    return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
+
+
+def best_so_far(runs: list[Run], x_key: str = "target_calls", y_key: str = "best_reward"):
+    """Mean, min and max over runs of each run's best y so far, at every x where a run has a row.
+
+    Each run is the running maximum of its y (a UCB round can lower APE's logged best, a best so
+    far cannot fall), held from its first row to the end of the longest run: a run that stopped
+    at fewer target calls keeps its best rather than dropping out of the mean (which made the mean
+    fall where a good run ended). The curve starts where every run has its first row, since a mean
+    over the runs that have started so far would move as runs join. So the mean never decreases."""
+    series = []
+    for r in runs:
+        points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
+                        if "anchor" not in row and _finite(row.get(x_key)) and _finite(row.get(y_key)))
+        running, best = [], -math.inf
+        for x, y in points:
+            best = max(best, y)
+            running.append((x, best))
+        if running:
+            series.append(running)
+    if not series:
+        return [], [], [], []
+    start = max(points[0][0] for points in series)
+    xs = sorted({x for points in series for x, _ in points if x >= start})
     per_x: dict[float, list[float]] = {x: [] for x in xs}
     for points in series:
-        values = dict(points)
-        last = None
-        for x in xs:
-            if x in values:
-                last = values[x]
-                per_x[x].append(last)
-            elif carry_forward and last is not None and x <= points[-1][0]:
-                per_x[x].append(last)
-    xs = [x for x in xs if per_x[x]]
+        i, value = 0, None
+        for x in xs:  # a step function: the last row at or before x (rows at one x: the running max is their max)
+            while i < len(points) and points[i][0] <= x:
+                value = points[i][1]
+                i += 1
+            per_x[x].append(value)
     return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def searched(run: Run) -> bool:
+    """A run with a search to draw: per-step rewards (the manual prompt and eval runs have none;
+    GEPA logs only reward_max)."""
+    return any("reward_mean" in row or "reward_max" in row for row in run.rows)
 
 
 def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Path]:
@@ -288,7 +327,7 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
 
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        if any("reward_mean" in row for row in r.rows):  # the manual prompt has no search to draw
+        if searched(r):  # the manual prompt has no search to draw
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
     for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
@@ -299,8 +338,10 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
             continue  # APE and OPRO have no policy: no response-length or entropy rows
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for i, (label, members) in enumerate(groups.items()):
-            best = y_key == "best_reward"  # already a running maximum: nothing to smooth
-            xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=best, smooth=1 if best else smooth)
+            if y_key == "best_reward":  # each run held at its best to the end, so the mean never falls
+                xs, mean, lo, hi = best_so_far(members, x_key, y_key)
+            else:
+                xs, mean, lo, hi = curve(members, x_key, y_key, smooth=smooth)
             if not xs:
                 continue
             line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
