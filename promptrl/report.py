@@ -422,7 +422,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("paths", nargs="*", help="run or sweep directories, or globs of them")
     parser.add_argument("--by", default=",".join(DEFAULT_BY),
                         help="comma-separated config keys to group by (default: task.name,algo.name)")
-    parser.add_argument("--out", help="where report.csv, report.md and the PNGs go (default: <first path>/report)")
+    parser.add_argument("--out", help="where report.csv, report.md, the PNGs and report.html go (default: <first path>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead of (or besides) disk")
     parser.add_argument("--compare", metavar="KEY=A,B", action="append",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
@@ -432,7 +432,10 @@ def main(argv: list[str]) -> int:
                              "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
     parser.add_argument("--smooth", type=int, default=1, metavar="N",
                         help="plot each run's per-step curves as a trailing mean over N steps (default 1: raw)")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: one self-contained interactive page (curves, every sampled prompt, "
+                             "the final queues; for several runs the tables and comparisons too) that opens offline")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
@@ -473,5 +476,9 @@ def main(argv: list[str]) -> int:
         written += write_comparisons([baseline], out, f"vs_{args.baseline}")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
+    if args.html:
+        from promptrl.report_html import write_html
+
+        written.append(write_html(runs, by, out, comparisons + ([baseline] if baseline else []), smooth=args.smooth))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
