@@ -29,7 +29,7 @@ if [[ "$torch_after" != "$torch_before" ]]; then
     exit 1
 fi
 "$work/venv/bin/uv" pip list --python "$py" 2>/dev/null |
-    grep -iE '^(torch|transformers|peft|datasets|hydra-core|omegaconf|wandb|rich|gguf|accelerate|numpy|matplotlib|httpx|openai|scipy|pytest|gepa|optuna|hydra-.*-(launcher|sweeper)) ' |
+    grep -iE '^(torch|transformers|peft|datasets|hydra-core|omegaconf|wandb|rich|gguf|accelerate|numpy|matplotlib|plotly|httpx|openai|scipy|pytest|gepa|optuna|hydra-.*-(launcher|sweeper)) ' |
     awk '{printf "%s==%s ", $1, $2} END {print ""}'
 echo "lowest_versions: installed in $((SECONDS - started)) s"
 

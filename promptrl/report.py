@@ -16,6 +16,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,8 +45,12 @@ class Run:
     rows: list[dict] = field(default_factory=list)
     overrides: dict = field(default_factory=dict)  # the job's Hydra overrides, `+`/`++` stripped
 
+    @cached_property
+    def _conf(self):  # built once: OmegaConf.create of a resolved config takes ~25 ms
+        return OmegaConf.create(self.config)
+
     def value(self, key: str):
-        found = OmegaConf.select(OmegaConf.create(self.config), key, default=None)
+        found = OmegaConf.select(self._conf, key, default=None)
         return self.overrides.get(key) if found is None else found
 
     def key(self, by: list[str]) -> tuple:
@@ -265,12 +270,12 @@ def write_outputs(table: list[dict], by: list[str], out: Path, notes: list[str] 
     (out / "report.md").write_text(markdown(*table_cells(table, by)) + "".join(f"\n{note}\n" for note in notes))
 
 
-def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, smooth: int = 1):
-    """Mean, min and max over runs of y at each x (step rows only). With carry_forward each run
-    is a step function (its last value holds until its next row), so runs whose rows fall at
-    different x (target calls) still average point by point. smooth > 1 replaces each run's y by
-    its trailing mean over that many rows first, so the band shows the spread between seeds
-    rather than the noise of single steps (4 prompts a step)."""
+def curve(runs: list[Run], x_key: str, y_key: str, smooth: int = 1):
+    """Mean, min and max over runs of y at each x (step rows only), over the runs with a row at
+    that x. smooth > 1 replaces each run's y by its trailing mean over that many rows first, so
+    the band shows the spread between seeds rather than the noise of single steps (4 prompts a
+    step). Best-so-far curves against target calls, where runs' rows fall at different x, use
+    `best_so_far`."""
     series = []
     for r in runs:
         points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
@@ -280,19 +285,58 @@ def curve(runs: list[Run], x_key: str, y_key: str, carry_forward: bool = False, 
             points = [(x, statistics.fmean(ys[max(0, i - smooth + 1):i + 1])) for i, (x, _) in enumerate(points)]
         if points:
             series.append(points)
-    xs = sorted({x for points in series for x, _ in points})
+    per_x: dict[float, list[float]] = {}
+    for points in series:
+        for x, y in dict(points).items():
+            per_x.setdefault(x, []).append(y)
+    xs = sorted(per_x)
+    return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
+
+
+def best_so_far(runs: list[Run], x_key: str = "target_calls", y_key: str = "best_reward"):
+    """Mean, min and max over runs of each run's best y so far, at every x where a run has a row.
+
+    Each run is the running maximum of its y (a UCB round can lower APE's logged best, a best so
+    far cannot fall), held from its first row to the end of the longest run: a run that stopped
+    at fewer target calls keeps its best rather than dropping out of the mean (which made the mean
+    fall where a good run ended). The curve starts where every run has its first row, since a mean
+    over the runs that have started so far would move as runs join. So the mean never decreases."""
+    series = []
+    for r in runs:
+        points = sorted((float(row[x_key]), float(row[y_key])) for row in r.rows
+                        if "anchor" not in row and _finite(row.get(x_key)) and _finite(row.get(y_key)))
+        running, best = [], -math.inf
+        for x, y in points:
+            best = max(best, y)
+            running.append((x, best))
+        if running:
+            series.append(running)
+    if not series:
+        return [], [], [], []
+    start = max(points[0][0] for points in series)
+    xs = sorted({x for points in series for x, _ in points if x >= start})
     per_x: dict[float, list[float]] = {x: [] for x in xs}
     for points in series:
-        values = dict(points)
-        last = None
-        for x in xs:
-            if x in values:
-                last = values[x]
-                per_x[x].append(last)
-            elif carry_forward and last is not None and x <= points[-1][0]:
-                per_x[x].append(last)
-    xs = [x for x in xs if per_x[x]]
+        i, value = 0, None
+        for x in xs:  # a step function: the last row at or before x (rows at one x: the running max is their max)
+            while i < len(points) and points[i][0] <= x:
+                value = points[i][1]
+                i += 1
+            per_x[x].append(value)
     return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
+
+
+def _finite(value) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def searched(run: Run) -> bool:
+    """A run with a search to draw: per-step rewards (the manual prompt and eval runs have none;
+    GEPA logs only reward_max)."""
+    return any("reward_mean" in row or "reward_max" in row for row in run.rows)
 
 
 def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Path]:
@@ -303,7 +347,7 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
 
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        if any("reward_mean" in row for row in r.rows):  # the manual prompt has no search to draw
+        if searched(r):  # the manual prompt has no search to draw
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
     for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
@@ -314,8 +358,10 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
             continue  # APE and OPRO have no policy: no response-length or entropy rows
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for i, (label, members) in enumerate(groups.items()):
-            best = y_key == "best_reward"  # already a running maximum: nothing to smooth
-            xs, mean, lo, hi = curve(members, x_key, y_key, carry_forward=best, smooth=1 if best else smooth)
+            if y_key == "best_reward":  # each run held at its best to the end, so the mean never falls
+                xs, mean, lo, hi = best_so_far(members, x_key, y_key)
+            else:
+                xs, mean, lo, hi = curve(members, x_key, y_key, smooth=smooth)
             if not xs:
                 continue
             line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
@@ -396,7 +442,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("paths", nargs="*", help="run or sweep directories, or globs of them")
     parser.add_argument("--by", default=",".join(DEFAULT_BY),
                         help="comma-separated config keys to group by (default: task.name,algo.name)")
-    parser.add_argument("--out", help="where report.csv, report.md and the PNGs go (default: <first path>/report)")
+    parser.add_argument("--out", help="where report.csv, report.md, the PNGs and report.html go (default: <first path>/report)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from wandb instead of (or besides) disk")
     parser.add_argument("--compare", metavar="KEY=A,B", action="append",
                         help="paired comparison of two groups over the seeds they share, e.g. algo.name=appo,ppo or arm=appo,ape "
@@ -406,7 +452,10 @@ def main(argv: list[str]) -> int:
                              "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
     parser.add_argument("--smooth", type=int, default=1, metavar="N",
                         help="plot each run's per-step curves as a trailing mean over N steps (default 1: raw)")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--html", action="store_true",
+                        help="also write report.html: one self-contained interactive page (curves, every sampled prompt, "
+                             "the final queues; for several runs the tables and comparisons too) that opens offline")
     args = parser.parse_args(argv)
     if not args.paths and not args.wandb:
         raise UserError("report: give run or sweep directories (e.g. outputs/multirun/<date>/<time>) or --wandb entity/project")
@@ -452,5 +501,9 @@ def main(argv: list[str]) -> int:
         written += write_comparisons([baseline], out, f"vs_{args.baseline}")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
+    if args.html:
+        from promptrl.report_html import write_html
+
+        written.append(write_html(runs, by, out, comparisons + ([baseline] if baseline else []), smooth=args.smooth))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0

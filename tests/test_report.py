@@ -304,3 +304,39 @@ def test_comparisons_with_different_group_keys_share_one_csv(tmp_path):
     assert (rows[0]["task.name"], rows[0]["arm"], rows[1]["task.name"], rows[1]["arm"]) == ("sst2", "", "", "appo")
     md = written[1].read_text()
     assert "### by task" in md and "### by arm" in md and md.count("| +0.100 [+0.000, +0.200] |") == 2
+
+
+def test_best_so_far_holds_each_run_at_its_best_to_the_end_so_the_mean_never_falls(tmp_path, monkeypatch):
+    """Runs end at different target-call counts (a budget overshoot, a killed run, GEPA's own
+    accounting): a run that stopped early must keep its best, not drop out of the mean (which made
+    the mean fall where the best run ended). APE's logged best can fall (a UCB round lowers a
+    mean); a best so far cannot."""
+    from pathlib import Path
+
+    from promptrl import report
+    from promptrl.report import Run, best_so_far
+
+    def run(points):
+        return Run(Path("."), {}, {}, rows=[{"step": i, "target_calls": c, "best_reward": b} for i, (c, b) in enumerate(points)]
+                   + [{"step": 1, "anchor": "keep", "target_calls": 150, "policy_dev_acc": 0.1}])
+
+    runs = [run([(64, 5.0), (128, 9.0)]),  # the best run ends first, at 128 calls
+            run([(38, 4.0), (76, 6.0), (114, 5.5), (400, 7.0)]),  # starts earlier; its logged best dips at 114
+            run([(64, 6.0), (256, 6.5), (512, 6.6)])]
+    xs, mean, lo, hi = best_so_far(runs)
+    assert xs[0] == 64 and xs[-1] == 512  # from where every run has a value to the end of the longest
+    assert all(b >= a for a, b in zip(mean, mean[1:])), mean
+    assert all(b >= a for a, b in zip(lo, lo[1:])) and all(b >= a for a, b in zip(hi, hi[1:]))
+    at = dict(zip(xs, mean))
+    assert at[64] == pytest.approx((5.0 + 4.0 + 6.0) / 3) and at[114] == pytest.approx((5.0 + 6.0 + 6.0) / 3)
+    assert at[128] == pytest.approx((9.0 + 6.0 + 6.0) / 3)  # 6.0, not the dip to 5.5
+    assert at[512] == pytest.approx((9.0 + 7.0 + 6.6) / 3) and hi[-1] == 9.0  # the first run still counts at 512
+    assert best_so_far([run([])]) == ([], [], [], [])
+    # the PNG draws this curve, not the per-row mean that dropped runs after their last point
+    drawn = []
+    monkeypatch.setattr(report, "best_so_far", lambda members, *a: drawn.append(len(members)) or best_so_far(members, *a))
+    for r in runs:
+        r.rows = [dict(row, reward_mean=1.0) for row in r.rows]
+    report.plot(runs, [], tmp_path)
+    assert drawn == [3]
+    assert_valid_png(tmp_path / "best_reward_vs_calls.png")
