@@ -99,6 +99,10 @@ def run_train(cfg: DictConfig) -> dict:
             # the prompt as `promptrl predict prompt_file=` reads it back
             atomic_write_text(out / "best_prompt.txt", final["best_prompt"] + "\n")
         tracker.summary(results)
+        if tracker.wandb is not None:  # the prompts and the final queue as tables, the run's page as an artifact
+            from promptrl.report_html import log_to_wandb
+
+            log_to_wandb(out, tracker.wandb)
     print_table(
         f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}, "
         f"{calls_before_eval} target calls",

@@ -137,6 +137,7 @@ class APE(PromptOptimizer):
                               self.cfg.ucb_exploration, self.rng, scale)
             examples = self.rng.sample(self.task.train, min(self.cfg.ucb_examples_per_round, len(self.task.train)))
             row = self.score_candidates(picked, examples)
+            row.update(prompts=picked, prompt_rewards=row.pop("new_rewards"), prompt_accs=row.pop("new_accs"))
             self.ucb_done += 1
         else:
             prompts = [self.paraphrase(p) for p in self.queue.prompts[:self.cfg.resample_top]]
@@ -154,6 +155,10 @@ class APE(PromptOptimizer):
         row = {"prompts": prompts, "duplicates": len(prompts) - len(new)}
         if score and new:
             row.update(self.score_candidates(new, self.eval_set))
+            got = dict(zip(new, zip(row.pop("new_rewards"), row.pop("new_accs"))))
+            # per prompt, aligned with `prompts`; None for a repeat, scored once already
+            row.update(prompt_rewards=[got[p][0] if p in got else None for p in prompts],
+                       prompt_accs=[got[p][1] if p in got else None for p in prompts])
         return row
 
     def score_candidates(self, prompts: list[str], examples) -> dict:
@@ -164,7 +169,8 @@ class APE(PromptOptimizer):
                 self.stats[p]["n"] += len(examples)
                 self.stats[p]["sum"] += r * len(examples)
         return {"reward_mean": rewards.mean(), "reward_max": rewards.max(), "acc_mean": parts["acc"].mean(),
-                "acc_max": parts["acc"].max(), "scored": len(prompts)}
+                "acc_max": parts["acc"].max(), "scored": len(prompts), "new_rewards": rewards.tolist(),
+                "new_accs": parts["acc"].tolist()}
 
     def paraphrase(self, prompt: str) -> str:
         user = self.cfg.resample_template.format(instruction=prompt)

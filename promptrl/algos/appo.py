@@ -177,7 +177,10 @@ class APPOTrainer(PromptOptimizer):
         t2 = time.time()
         row = {"prompts": prompts, "reward_mean": rewards.mean(), "reward_max": rewards.max(),
                "acc_mean": parts["acc"].mean(), "acc_max": parts["acc"].max(), "margin_mean": parts["margin"].mean(),
-               "response_len": torch.cat([g.mask.sum(-1) for g in groups]).mean()}
+               "response_len": torch.cat([g.mask.sum(-1) for g in groups]).mean(),
+               # per prompt, aligned with `prompts` (the run's page and wandb's prompts table read them)
+               "prompt_rewards": rewards.tolist(), "prompt_accs": parts["acc"].tolist(),
+               "prompt_lens": torch.cat([g.mask.sum(-1) for g in groups]).tolist()}
         if not torch.isfinite(rewards).all():
             log.warning("step %d: non-finite reward %s; step skipped", self.step, rewards.tolist())
             return {**row, "skipped": "non-finite reward"}

@@ -76,6 +76,9 @@ class OPRO(PromptOptimizer):
                 self.queue.offer(p, r, self.step)
             row.update(reward_mean=rewards.mean(), reward_max=rewards.max(), acc_mean=parts["acc"].mean(),
                        acc_max=parts["acc"].max(), scored=len(new))
+            got = dict(zip(new, zip(rewards.tolist(), parts["acc"].tolist())))
+            row.update(prompt_rewards=[got[p][0] if p in got else None for p in proposals],  # aligned with `prompts`
+                       prompt_accs=[got[p][1] if p in got else None for p in proposals])
         self.opt_steps += 1
         return row
 
