@@ -254,7 +254,8 @@ def test_final_evaluation_scores_the_held_out_split_only(shared_data):
     task = load_task(shipped("ii_antonyms", data_dir=str(shared_data)), seed=0)
     scorer = Recording(task)
     out = final_evaluation(scorer, task, [{"prompt": "Give the antonym.", "reward": 0.5, "step": 0}])
-    dev_ids, test_ids = scorer.inputs
+    scored = [i for call in scorer.inputs for i in call]  # each split in pieces (the progress bar's), dev first
+    dev_ids, test_ids = scored[:len(task.dev)], scored[len(task.dev):]
     train_ids = {ex.id for ex in task.train}
     assert test_ids == [ex.id for ex in task.test] and not set(test_ids) & train_ids
     assert not set(dev_ids) & train_ids
