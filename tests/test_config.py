@@ -20,7 +20,7 @@ from promptrl.cli import CONF_DIR, route_transformers_logs
 from promptrl.preflight import preflight
 
 REPO = Path(__file__).resolve().parent.parent
-RL_ALGOS = ["appo", "ppo", "ppo_original", "tte"]
+RL_ALGOS = ["appo", "ppo", "ppo_original", "tte", "grpo"]
 AGENTS = sorted(p.stem for p in (REPO / "conf" / "agent").glob("*.yaml"))
 schema.register_configs()
 
