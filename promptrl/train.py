@@ -102,7 +102,10 @@ def run_train(cfg: DictConfig) -> dict:
         if tracker.wandb is not None:  # the prompts and the final queue as tables, the run's page as an artifact
             from promptrl.report_html import log_to_wandb
 
-            log_to_wandb(out, tracker.wandb)
+            try:
+                log_to_wandb(out, tracker.wandb)
+            except Exception as e:  # a finished run's results are on disk: a wandb problem only warns
+                log.warning("could not log the prompts tables to wandb (%s); results.json is written", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
     print_table(
         f"{cfg.algo.name} on {task.name}: target {cfg.target.name}, agent {cfg.agent.name}, "
         f"{calls_before_eval} target calls",
