@@ -77,7 +77,7 @@ def test_vllm_rollouts_match_hf_peft_before_and_after_a_ppo_update():
         gap = ((logp - samples.logprobs).abs() * samples.mask).max().item()
         assert gap < 2e-3, f"vLLM's sampling log-probs are {gap} from the trainer's"
         syncs = agent.rollouts.syncs
-        row = trainer.update(samples, torch.tensor([1.0, 0.0, 0.5, 0.2]))
+        row = trainer.update([samples], torch.tensor([1.0, 0.0, 0.5, 0.2]))
         assert row["rollout_logp_gap"] < 1e-3
         assert row["rollout_syncs"] == syncs  # logged before the update's own change is synced
         after = vllm_greedy(agent, query, POLICY)
