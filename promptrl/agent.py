@@ -177,33 +177,20 @@ class Agent(nn.Module):
     def sample(self, query: torch.Tensor, n: int, adapter: str = POLICY) -> Samples:
         """n instructions by ancestral sampling at temperature 1 (top-k and top-p off)."""
         if self.rollouts is not None:
-            rows = self.rollouts.sample([query.tolist()], n, adapter, self.max_new_tokens, self.eos_ids)[0]
-            responses, mask, logprobs = self.pack(rows)
-            prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
-            return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts, logprobs=logprobs)
-        device = self.device
-        inputs = query.to(device).unsqueeze(0).expand(n, -1)
-        was_training = self.model.training
-        self.model.eval()  # no LoRA dropout while acting
-        with self.acting(adapter), torch.inference_mode():
-            # All n samples share the query: run it once (all but its last token, which generate
-            # needs as input) and give every sample a copy of its KV cache.
-            cache = output_cache(self.model(input_ids=inputs[:1, :-1], use_cache=True)) if len(query) > 1 else None
-            if cache is not None:
-                cache.batch_repeat_interleave(n)
-            out = self.model.generate(
-                input_ids=inputs, attention_mask=torch.ones_like(inputs), **cache_kwargs(self.model, cache), do_sample=True,
-                temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
-                eos_token_id=self.eos_ids,
-            )
-        self.model.train(was_training)
-        responses = out[:, query.shape[0]:].cpu()
-        if responses.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, but keep shapes sane
-            responses = torch.full((n, 1), self.eos_ids[0])
-        mask = response_mask(responses, self.eos_ids)
-        responses = torch.where(mask.bool(), responses, torch.full_like(responses, self.pad_id))
-        prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
-        return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts)
+            return self.samples(query, self.pack(self.rollouts.sample([query.tolist()], n, adapter, self.max_new_tokens,
+                                                                      self.eos_ids)[0]))
+        return self.samples(query, self.masked(self.generate_padded([query], n, adapter, greedy=False)))
+
+    @torch.no_grad()
+    def sample_groups(self, queries: list[torch.Tensor], n: int, adapter: str = POLICY) -> list[Samples]:
+        """n instructions from each query, as `sample`, in one generate call: a step's groups
+        decode together instead of one after another (with HF, the decoding loop is most of the
+        sampling time and barely grows with the batch on a small model)."""
+        if self.rollouts is not None:
+            rows = self.rollouts.sample([q.tolist() for q in queries], n, adapter, self.max_new_tokens, self.eos_ids)
+            return [self.samples(q, self.pack(r)) for q, r in zip(queries, rows)]
+        responses = self.generate_padded(queries, n, adapter, greedy=False)
+        return [self.samples(q, self.masked(responses[i * n:(i + 1) * n])) for i, q in enumerate(queries)]
 
     @torch.no_grad()
     def sample_each(self, queries: list[torch.Tensor], adapter: str = POLICY, batch_size: int = 16) -> list[str]:
@@ -214,27 +201,51 @@ class Agent(nn.Module):
             packed = [self.pack(r) for r in rows]
             return [self.decode(responses[0], mask[0]) for responses, mask, _ in packed]
         prompts = []
-        was_training = self.model.training
-        self.model.eval()
         for start in range(0, len(queries), batch_size):
-            chunk = queries[start:start + batch_size]
-            width = max(len(q) for q in chunk)
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, q in enumerate(chunk):
-                ids[row, width - len(q):] = q
-                attention[row, width - len(q):] = 1
-            with self.acting(adapter), torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids.to(self.device), attention_mask=attention.to(self.device), do_sample=True,
-                    temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=self.max_new_tokens, pad_token_id=self.pad_id,
-                    eos_token_id=self.eos_ids,
-                )
-            responses = out[:, width:].cpu()
-            mask = response_mask(responses, self.eos_ids)
-            prompts += [self.decode(r, m) for r, m in zip(responses, mask)]
-        self.model.train(was_training)
+            responses = self.generate_padded(queries[start:start + batch_size], 1, adapter, greedy=False)
+            prompts += [self.decode(r, m) for r, m in zip(responses, response_mask(responses, self.eos_ids))]
         return prompts
+
+    def generate_padded(self, queries: list[torch.Tensor], n: int, adapter: str, greedy: bool) -> torch.Tensor:
+        """[len(queries) * n, T] responses (query-major), queries of any lengths left-padded into
+        one batch. Each query is read once and its KV cache copied to its n samples; positions
+        count real tokens only, so a padded query is continued exactly as it would be alone."""
+        width = max(len(q) for q in queries)
+        ids = torch.full((len(queries), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(queries), width), dtype=torch.long)
+        for row, q in enumerate(queries):
+            ids[row, width - len(q):] = q
+            attention[row, width - len(q):] = 1
+        ids, attention = ids.to(self.device), attention.to(self.device)
+        was_training = self.model.training
+        self.model.eval()  # no LoRA dropout while acting
+        with self.acting(adapter), torch.inference_mode():
+            cache = None
+            if width > 1:
+                positions = (attention.cumsum(-1) - 1).clamp(min=0)
+                cache = output_cache(self.model(input_ids=ids[:, :-1], attention_mask=attention[:, :-1],
+                                                position_ids=positions[:, :-1], use_cache=True))
+                cache.batch_repeat_interleave(n)
+            sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=1.0, top_k=0, top_p=1.0)
+            out = self.model.generate(
+                input_ids=ids.repeat_interleave(n, 0), attention_mask=attention.repeat_interleave(n, 0),
+                **cache_kwargs(self.model, cache), **sampling, max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.pad_id, eos_token_id=self.eos_ids,
+            )
+        self.model.train(was_training)
+        return out[:, width:].cpu()
+
+    def masked(self, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        """HF-sampled responses as `pack` returns vLLM's: padded after the first end token, the mask, no log-probs."""
+        if responses.shape[1] == 0:  # cannot happen with max_new_tokens >= 1, but keep shapes sane
+            responses = torch.full((len(responses), 1), self.eos_ids[0])
+        mask = response_mask(responses, self.eos_ids)
+        return torch.where(mask.bool(), responses, torch.full_like(responses, self.pad_id)), mask, None
+
+    def samples(self, query: torch.Tensor, packed: tuple) -> Samples:
+        responses, mask, logprobs = packed
+        prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
+        return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts, logprobs=logprobs)
 
     def pack(self, rows: list[tuple[list[int], list[float]]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sampled (ids, log-probs) rows as `Samples` holds them: [B, T] ids padded after the

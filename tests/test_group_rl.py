@@ -143,8 +143,8 @@ def test_several_groups_a_step_are_scored_in_one_call_from_their_own_demonstrati
     scorer.score = lambda prompts, examples: calls.append((len(prompts), len(examples))) or real_score(prompts, examples)
     agent = make_agent(value_heads=False)
     queries = []
-    real_sample = agent.sample
-    agent.sample = lambda query, n, adapter=POLICY: queries.append(query) or real_sample(query, n, adapter)
+    real_sample = agent.sample_groups
+    agent.sample_groups = lambda qs, n, adapter=POLICY: queries.extend(qs) or real_sample(qs, n, adapter)
     cfg = algo_cfg(**GRPO, groups_per_step=3, group_size=3, epochs=1)
     trainer = APPOTrainer(cfg, task, scorer, agent, None)
     row = trainer.train_step()
@@ -174,6 +174,27 @@ def test_the_step_forward_over_groups_of_different_widths_equals_each_group_alon
     torch.testing.assert_close(both.logp[[1, 3]], lp1, rtol=0, atol=1e-6)
     torch.testing.assert_close(both.logp[[2, 0]][:, :2], lp2, rtol=0, atol=1e-6)
     assert (both.logp[[2, 0]][:, 2] == 0).all()  # padding beyond the group's width
+
+
+def test_groups_decoded_together_continue_each_query_as_it_would_be_alone():
+    # A step's groups are left-padded into one generate call; a padded query must be read with
+    # its real positions and no attention to the padding, or its samples come from another policy.
+    agent = make_agent(max_new_tokens=8, value_heads=False)
+    perturb_policy_lora(agent)
+    long = agent.query_ids("here are five pairs . the friend wrote great movie and bad acting", "the instruction was")
+    short = agent.query_ids("classify", "the answer")
+    assert len(long) > len(short) + 5
+    together = agent.generate_padded([long, short], 2, POLICY, greedy=True)
+    alone = [agent.generate_padded([q], 1, POLICY, greedy=True)[0] for q in (long, short)]
+    for i, response in enumerate(alone):
+        for row in together[2 * i:2 * i + 2]:
+            width = len(response)
+            assert row[:width].tolist() == response.tolist()
+    # and sampled groups come back one per query, each with its own query
+    torch.manual_seed(0)
+    groups = agent.sample_groups([long, short], 3, POLICY)
+    assert [len(g.prompts) for g in groups] == [3, 3]
+    assert torch.equal(groups[0].query, long) and torch.equal(groups[1].query, short)
 
 
 @pytest.mark.parametrize("advantage", ["gae", "grpo", "rloo"])

@@ -170,7 +170,7 @@ class APPOTrainer(PromptOptimizer):
         t0 = time.time()
         if queries is None:
             queries = [self.make_query() for _ in range(self.groups_per_step)]
-        groups = [self.agent.sample(query, self.group_size, POLICY) for query in queries]
+        groups = self.agent.sample_groups(queries, self.group_size, POLICY)
         prompts = [p for g in groups for p in g.prompts]
         t1 = time.time()
         rewards, parts = self.score_prompts(prompts, batch)
