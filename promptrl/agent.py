@@ -21,6 +21,7 @@ from torch import nn
 
 from promptrl.errors import UserError
 from promptrl.hfcompat import cache_kwargs, output_cache
+from promptrl.ledger import Ledger
 from promptrl.models import check_query_fits, context_length, output_logits
 from promptrl.prompts import build_query_text
 
@@ -87,6 +88,7 @@ class Agent(nn.Module):
         self.eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id, *end_of_turn} - {None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.rollouts = None  # a promptrl.rollouts.VLLMRollouts when agent.backend=vllm, else HF generate
+        self.ledger = Ledger()  # the run's, attached by open_models: tokens sampled and trained on, seconds sampling
 
     def close(self) -> None:
         if self.rollouts is not None:
@@ -176,6 +178,11 @@ class Agent(nn.Module):
     @torch.no_grad()
     def sample(self, query: torch.Tensor, n: int, adapter: str = POLICY) -> Samples:
         """n instructions by ancestral sampling at temperature 1 (top-k and top-p off)."""
+        with self.ledger.timed("generate"):
+            return self._sample(query, n, adapter)
+
+    def _sample(self, query: torch.Tensor, n: int, adapter: str) -> Samples:
+        self.ledger.add("agent_input_tokens", len(query))  # read once, its KV cache shared by the n samples
         if self.rollouts is not None:
             return self.samples(query, self.pack(self.rollouts.sample([query.tolist()], n, adapter, self.max_new_tokens,
                                                                       self.eos_ids)[0]))
@@ -186,6 +193,11 @@ class Agent(nn.Module):
         """n instructions from each query, as `sample`, in one generate call: a step's groups
         decode together instead of one after another (with HF, the decoding loop is most of the
         sampling time and barely grows with the batch on a small model)."""
+        with self.ledger.timed("generate"):
+            return self._sample_groups(queries, n, adapter)
+
+    def _sample_groups(self, queries: list[torch.Tensor], n: int, adapter: str) -> list[Samples]:
+        self.ledger.add("agent_input_tokens", sum(len(q) for q in queries))
         if self.rollouts is not None:
             rows = self.rollouts.sample([q.tolist() for q in queries], n, adapter, self.max_new_tokens, self.eos_ids)
             return [self.samples(q, self.pack(r)) for q, r in zip(queries, rows)]
@@ -196,15 +208,19 @@ class Agent(nn.Module):
     def sample_each(self, queries: list[torch.Tensor], adapter: str = POLICY, batch_size: int = 16) -> list[str]:
         """One instruction per query (input-specific prompts, TTE), sampled as in `sample`;
         queries are left-padded into batches so different lengths share a forward pass."""
+        with self.ledger.timed("generate"):
+            return self._sample_each(queries, adapter, batch_size)
+
+    def _sample_each(self, queries: list[torch.Tensor], adapter: str, batch_size: int) -> list[str]:
+        self.ledger.add("agent_input_tokens", sum(len(q) for q in queries))
         if self.rollouts is not None:
             rows = self.rollouts.sample([q.tolist() for q in queries], 1, adapter, self.max_new_tokens, self.eos_ids)
             packed = [self.pack(r) for r in rows]
-            return [self.decode(responses[0], mask[0]) for responses, mask, _ in packed]
-        prompts = []
-        for start in range(0, len(queries), batch_size):
-            responses = self.generate_padded(queries[start:start + batch_size], 1, adapter, greedy=False)
-            prompts += [self.decode(r, m) for r, m in zip(responses, response_mask(responses, self.eos_ids))]
-        return prompts
+        else:
+            packed = [self.masked(self.generate_padded(queries[start:start + batch_size], 1, adapter, greedy=False))
+                      for start in range(0, len(queries), batch_size)]
+        self.ledger.add("agent_output_tokens", sum(mask.sum() for _, mask, _ in packed))
+        return [self.decode(r, m) for responses, mask, _ in packed for r, m in zip(responses, mask)]
 
     def generate_padded(self, queries: list[torch.Tensor], n: int, adapter: str, greedy: bool) -> torch.Tensor:
         """[len(queries) * n, T] responses (query-major), queries of any lengths left-padded into
@@ -244,6 +260,7 @@ class Agent(nn.Module):
 
     def samples(self, query: torch.Tensor, packed: tuple) -> Samples:
         responses, mask, logprobs = packed
+        self.ledger.add("agent_output_tokens", mask.sum())
         prompts = [self.decode(r, m) for r, m in zip(responses, mask)]
         return Samples(query=query.cpu(), responses=responses, mask=mask, prompts=prompts, logprobs=logprobs)
 
@@ -282,6 +299,12 @@ class Agent(nn.Module):
         device = self.device
         B, T = responses.shape
         responses = responses.to(device)
+        # token-passes of training: the query once, every (padded) response position; a pass
+        # that builds a graph is also walked back by the backward
+        passes = len(query) + B * max(T - 1, 0)
+        self.ledger.add("agent_train_forward_tokens", passes)
+        if torch.is_grad_enabled():
+            self.ledger.add("agent_train_backward_tokens", passes)
         with self.using(adapter):
             base = self.model.get_base_model()
             decoder = base.get_decoder()

@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 
 from promptrl.errors import UserError
+from promptrl.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class ChatProposer:
         self.endpoint = endpoint
         self.max_new_tokens = max_new_tokens
         self.n_supported: bool | None = None  # whether the server answers `n` choices per request; None: not tried
+        self.ledger = Ledger()  # the run's, attached by open_models (the endpoint counts the tokens)
 
     @classmethod
     def from_config(cls, agent_cfg) -> ChatProposer:
@@ -224,6 +226,10 @@ class ChatProposer:
         server gives them, else n requests."""
         if adapter != "base":
             raise UserError(f"agent.backend=chat cannot sample the {adapter!r} adapter: a chat endpoint is not trained")
+        with self.ledger.timed("generate"):
+            return self._sample(query, n)
+
+    def _sample(self, query: ChatQuery, n: int) -> Proposals:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
         kwargs = {"messages": self.messages(query), "temperature": 1.0, "top_p": 1.0, "max_tokens": self.max_new_tokens}
         answers: list[str] = []

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from promptrl.errors import UserError
 from promptrl.models import load_tokenizer
+from promptrl.projection import project
 from promptrl.scoring import label_tokens
 from promptrl.tasks import Task, load_task
 
@@ -155,6 +156,16 @@ def estimate_seconds(cfg, calls: dict, runs: list[dict]) -> tuple[float | None, 
     return train + statistics.median(evals) * calls["final"], len(same)
 
 
+def tokens(n: int | None) -> str:
+    if n is None:
+        return "?"
+    return f"{n / 1e6:.2f}M" if n >= 10**6 else f"{n / 1e3:.1f}k" if n >= 10**4 else str(n)
+
+
+def usd(amount: float | None) -> str:
+    return "-" if amount is None else f"${amount:,.4f}" if amount < 1 else f"${amount:,.2f}"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
@@ -208,7 +219,8 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
             tasks[key] = load_task(cfg.task, cfg.seed, cfg.cache_dir)
         calls = plan_calls(cfg, tasks[key])
         seconds, basis = estimate_seconds(cfg, calls, runs)
-        jobs.append({"overrides": list(overrides), **calls, "seconds": seconds, "basis": basis})
+        cost = project(cfg, tasks[key], calls, trainer_class(cfg))
+        jobs.append({"overrides": list(overrides), **calls, "seconds": seconds, "basis": basis, "cost": cost})
     values: dict[str, set] = {}
     for j in jobs:
         for o in j["overrides"]:
@@ -216,23 +228,35 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
     for j in jobs:  # a job is named by what differs between the jobs
         j["job"] = " ".join(o for o in j["overrides"] if len(values[o.split("=", 1)[0]]) > 1) or "the run"
     trials = sweeper.get("n_trials") if sweeper is not None and "optuna" in str(sweeper.get("_target_", "")) else None
-    table = Table(title="cost plan: target calls (prompt x example scorings) and estimated wall time")
-    for col in ("job", "training", "final eval (at most)", "total (at most)", "est. time"):
+    table = Table(title="cost plan: target calls (prompt x example scorings), tokens (at most), money and estimated wall time")
+    for col in ("job", "training", "final eval (at most)", "total (at most)", "target tokens in / out", "agent tokens in / out",
+                "USD", "est. time"):
         table.add_column(col, justify="left" if col == "job" else "right")
+    approx = lambda c: "" if c["exact_tokens"] else "≈"
     for i, j in enumerate(jobs):
         training = str(j["train"]) + (" (budget)" if j["train"] != j["schedule"] else "")
-        table.add_row(f"{i}: {j['job']}", training, str(j["final"]), str(j["train"] + j["final"]), duration(j["seconds"]))
+        c = j["cost"]
+        table.add_row(f"{i}: {j['job']}", training, str(j["final"]), str(j["train"] + j["final"]),
+                      f"{approx(c)}{tokens(c['target_input_tokens'])} / {tokens(c['target_output_tokens'])}",
+                      f"{approx(c)}{tokens(c['agent_input_tokens'])} / {tokens(c['agent_output_tokens'])}",
+                      usd(c["usd"]), duration(j["seconds"]))
     count = trials or len(jobs)
     total_calls = (max(j["train"] + j["final"] for j in jobs) * trials) if trials else sum(j["train"] + j["final"] for j in jobs)
     known = [j["seconds"] for j in jobs if j["seconds"] is not None]
     total_s = (max(known) * trials if trials else sum(known)) if known else None
     total_time = duration(total_s) if len(known) == len(jobs) else f">= {duration(total_s)} ({len(known)} of {len(jobs)} timed)"
+    money = [j["cost"]["usd"] for j in jobs]
+    total_usd = None if None in money else (max(money) * trials if trials else sum(money))
     table.add_row(f"total ({count} {'trials, at most' if trials else 'job' if count == 1 else 'jobs'})", "", "", str(total_calls),
-                  total_time if known else "?", end_section=True)
+                  "", "", usd(total_usd), total_time if known else "?", end_section=True)
     console.print(table)
     if trials:
         console.print(f"  hydra/sweeper=optuna: {trials} trials drawn from this search space; "
                       "the rows are its discrete grid, continuous parameters at their low end")
+    console.print("  tokens: each call's input is a real example's with an instruction of agent.max_new_tokens tokens, "
+                  "each sampled instruction that long (upper bounds); ≈: no tokenizer on this machine, 4 characters "
+                  "a token (set target.chat.tokenizer / agent.chat.tokenizer); USD: at the chat endpoints' prices, "
+                  "- where a model the run pays for has none or all are local")
     if known:
         console.print(f"  est. time: median seconds per target call of earlier runs under {history}/ with the same "
                       "target, backend, agent and algo (training) and the same target (final evaluation)")

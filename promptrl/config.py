@@ -184,6 +184,9 @@ class ChatEndpointConfig:
     # Retries of a request that timed out, lost its connection or got 408/409/429/5xx (the SDK's
     # exponential backoff, 0.5 s doubling to 8 s, or the server's Retry-After up to 2 min); then the run stops.
     max_retries: int = 8
+    # A tokenizer on this machine (a model directory, or a hub id already in the local cache) that
+    # `--plan` counts this model's tokens with; null = about 4 characters a token. Never downloaded.
+    tokenizer: Optional[str] = None
 
 
 @dataclass
@@ -462,6 +465,9 @@ class BudgetConfig:
     # Target calls (one per prompt x example scored, cache hits included) after which training
     # stops; null = each optimiser's own schedule decides.
     target_calls: Optional[int] = None
+    # US dollars for the chat endpoints' tokens at their configured prices; training stops (checkpointed,
+    # then the final evaluation, which it does not count) before a step expected to pass it. null = no limit.
+    usd: Optional[float] = None
 
 
 @dataclass

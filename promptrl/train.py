@@ -33,8 +33,22 @@ def seed_everything(seed: int) -> None:
 def check_run_settings(cfg) -> None:
     if cfg.budget.target_calls is not None and cfg.budget.target_calls <= 0:
         raise UserError(f"budget.target_calls={cfg.budget.target_calls}; expected a positive number or null")
+    usd = cfg.budget.get("usd")
+    if usd is not None and not usd > 0:
+        raise UserError(f"budget.usd={usd}; expected a positive amount (US dollars) or null")
+    check_money_budget(cfg)
     if cfg.checkpoint_every < 0:
         raise UserError(f"checkpoint_every={cfg.checkpoint_every}; expected >= 0 (0 = never)")
+
+
+def check_money_budget(cfg) -> None:
+    """budget.usd needs every model the run pays for priced: a chat target, and a chat agent if any."""
+    sides = [s for s in (cfg.target, cfg.agent) if s.get("backend") == "chat"]
+    if cfg.budget.get("usd") is not None and not (sides and all(
+            s.chat.price_input is not None and s.chat.price_output is not None for s in sides)):
+        raise UserError(f"budget.usd={cfg.budget.usd} needs a price for every model the run pays for: set "
+                        "target.chat.price_input and price_output (and agent.chat's, with agent.backend=chat); "
+                        "local models cost no money")
 
 
 def trainer_class(cfg):
@@ -70,7 +84,8 @@ def run_train(cfg: DictConfig) -> dict:
         with ExitStack() as models:  # every engine is closed when training and evaluation end, or fail
             scorer, agent = open_models(cfg, task, models, needs_agent=trainer_cls.needs_agent)
             trainer = trainer_cls(cfg.algo, task, scorer, agent, out, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
-                                  budget_calls=cfg.budget.target_calls, progress=cfg.logger.progress)
+                                  budget_calls=cfg.budget.target_calls, budget_usd=cfg.budget.get("usd"),
+                                  progress=cfg.logger.progress)
             if resumed:
                 trainer.load_state_dict(state)
             earlier_sessions = trainer.elapsed  # training time of the sessions before a resume
@@ -84,7 +99,8 @@ def run_train(cfg: DictConfig) -> dict:
             if cfg.checkpoint_every:
                 trainer.save()  # the finished state, so a kill during final evaluation loses no training
             calls_before_eval = scorer.calls
-            final = trainer.evaluate_final()
+            with trainer.ledger.timed("evaluation"):
+                final = trainer.evaluate_final()
         results = {
             "task": task.name, "target": cfg.target.name, "agent": cfg.agent.name, "algo": cfg.algo.name,
             "reference": cfg.algo.get("reference"), "seed": cfg.seed, "data": task.source, "template": task.template,
@@ -93,6 +109,7 @@ def run_train(cfg: DictConfig) -> dict:
             "target_calls_with_eval": scorer.calls, "target_tokens": scorer.tokens,
             "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses, **usage_report(scorer, agent),
             "train_time_s": trainer.elapsed, "wall_time_s": earlier_sessions + (time.time() - start),
+            "stopped_by": trainer.stopped_by, "cost": trainer.cost(),
         }
         write_json(out / "results.json", results)
         if final.get("best_prompt") is not None:  # TTE writes one prompt per input instead (tte_*_prompts.jsonl)

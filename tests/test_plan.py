@@ -96,6 +96,15 @@ def test_planned_calls_are_what_runs_report(tmp_path, shared_data, tiny_dir, mon
     assert [r["algo"] for r in results] == ["appo", "ppo", "ape"]
     assert [r["target_calls"] for r in results] == [j["train"] for j in planned]
     assert all(r["target_calls_with_eval"] - r["target_calls"] <= j["final"] for r, j in zip(results, planned))
+    # tokens: the plan is an upper bound of what the ledger counted (instructions at agent.max_new_tokens),
+    # with the tokenizer on disk (exact counting, no ≈), and local models cost no money
+    for r, j in zip(results, planned):
+        plan, cost = j["cost"], r["cost"]
+        assert plan["exact_tokens"] and plan["usd"] is None and cost["usd"] is None
+        assert cost["target_calls"] == r["target_calls_with_eval"] <= plan["target_calls"]
+        assert 0 < cost["target_input_tokens"] <= plan["target_input_tokens"]
+        assert 0 < cost["agent_output_tokens"] <= plan["agent_output_tokens"]
+        assert 0 < cost["agent_input_tokens"] <= 1.1 * plan["agent_input_tokens"]
     timed = run_plan(CONF_DIR, ape, multirun=False, history=tmp_path)
     assert timed[0]["seconds"] > 0 and timed[0]["basis"] == 1
 

@@ -105,6 +105,12 @@ class APE(PromptOptimizer):
             calls += cfg.ucb_rounds * pulls * min(cfg.ucb_examples_per_round, n)
         return calls + cfg.resample_rounds * min(cfg.resample_top, cfg.queue_size) * per_candidate
 
+    @classmethod
+    def planned_samples(cls, cfg, task) -> tuple[int, int]:
+        candidates = cfg.num_candidates or stableprompt_candidates(len(task.train))
+        paraphrases = cfg.resample_rounds * min(cfg.resample_top, cfg.queue_size)  # one query, one sample each
+        return math.ceil(candidates / cfg.prompts_per_step) + paraphrases, candidates + paraphrases
+
     # --- phases ------------------------------------------------------------------------------
     def phase(self) -> str | None:
         if self.proposed < self.num_candidates:

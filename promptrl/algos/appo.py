@@ -187,7 +187,8 @@ class APPOTrainer(PromptOptimizer):
         for prompt, r in zip(prompts, self.admission_rewards(prompts, rewards).tolist()):
             self.queue.offer(prompt, r, self.step)
         crash_point("mid-step")
-        row.update(self.update(groups, rewards))
+        with self.ledger.timed("update"):
+            row.update(self.update(groups, rewards))
         row.update(time_generate=t1 - t0, time_score=t2 - t1, time_update=time.time() - t2)
         return row
 
@@ -339,6 +340,13 @@ class APPOTrainer(PromptOptimizer):
         if cfg.get("queue_rescore"):  # each step's prompts once more on all of train
             per_epoch += math.ceil(len(task.train) / cfg.batch_size) * samples_per_step(cfg) * len(task.train)
         return cfg.epochs * per_epoch + checks * cls.check_calls(cfg, len(task.dev))
+
+    @classmethod
+    def planned_samples(cls, cfg, task: Task) -> tuple[int, int]:
+        steps = cfg.epochs * math.ceil(len(task.train) / cfg.batch_size)
+        checks = (cfg.epochs - 1) // cfg.update_term if cfg.reference == "anchor" else 0  # policy and anchor sample
+        return (steps * setting(cfg, "groups_per_step") + 2 * checks,
+                steps * samples_per_step(cfg) + 2 * checks * cfg.anchor_eval_prompts)
 
     @staticmethod
     def check_calls(cfg, n_dev: int) -> int:

@@ -79,9 +79,16 @@ class PromptOptimizer:
 
     def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent | None, out_dir: Path | None,
                  tracker: Tracker | None = None, seed: int = 0, checkpoint_every: int = 0,
-                 budget_calls: int | None = None, progress: bool = False):
+                 budget_calls: int | None = None, budget_usd: float | None = None, progress: bool = False):
         self.check_config(cfg)
         self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
+        # one ledger for the run: the scorer's, shared with the agent (promptrl/ledger.py)
+        self.ledger = scorer.ledger
+        if agent is not None:
+            agent.ledger = self.ledger
+        self.budget_usd = budget_usd
+        self.last_step_usd = 0.0  # what the last step cost: the estimate of the next one's cost
+        self.stopped_by: str | None = None  # "budget.usd" when the money budget ended training
         self.out_dir = out_dir
         self.tracker = tracker
         self.seed = seed
@@ -101,6 +108,12 @@ class PromptOptimizer:
         (prompt x example, cached or not), before any budget: an upper bound where duplicate
         proposals are scored once."""
         raise NotImplementedError
+
+    @classmethod
+    def planned_samples(cls, cfg, task: Task) -> tuple[int, int] | None:
+        """(queries, instructions) the schedule asks the agent for, before any budget (--plan's
+        agent tokens); None where the schedule does not say (GEPA, input-specific prompts)."""
+        return None
 
     @classmethod
     def final_calls(cls, cfg, task: Task) -> int:
@@ -159,7 +172,20 @@ class PromptOptimizer:
         return sorted(self.rng.sample(self.task.train, n), key=lambda e: e.id)
 
     def budget_spent(self) -> bool:
-        return self.budget_calls is not None and self.scorer.calls >= self.budget_calls
+        if self.budget_calls is not None and self.scorer.calls >= self.budget_calls:
+            return True
+        if self.budget_usd is not None:
+            # the next step is expected to cost what the last one did (the first one runs: nothing
+            # is known about it yet); training stops before a step that would pass the budget
+            spent = self.cost()["usd"] or 0.0
+            if spent + self.last_step_usd > self.budget_usd:
+                self.stopped_by = "budget.usd"
+                return True
+        return False
+
+    def cost(self) -> dict:
+        """The run's spend so far (promptrl/ledger.py): the `cost` block of rows and results."""
+        return self.ledger.cost(self.scorer, self.agent)
 
     def best_reward(self) -> float:
         return self.queue.items[0]["reward"] if self.queue.items else math.nan
@@ -176,11 +202,14 @@ class PromptOptimizer:
         with self.progress_bar() as bar, StopRequests() as stop:
             self.bar = bar
             while not self.finished() and not self.budget_spent():
-                step_start = time.time()
+                step_start, usd_before = time.time(), self.cost()["usd"]
                 row = {"step": self.step, **self.train_step()}
                 row.update(target_calls=self.scorer.calls, target_tokens=self.scorer.tokens,
                            cache_hits=self.scorer.cache_hits, cache_misses=self.scorer.cache_misses,
                            best_reward=self.best_reward(), time_step=time.time() - step_start)
+                row.update(self.cost())  # cumulative: a report lines runs up at equal cost in any unit
+                if row["usd"] is not None:
+                    self.last_step_usd = row["usd"] - usd_before
                 self.log(row)
                 self.after_step()
                 self.step += 1
@@ -232,6 +261,7 @@ class PromptOptimizer:
             # sampling on a GPU draws from the CUDA generator; without it a resumed run would diverge
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
+            "ledger": self.ledger.state_dict(self.scorer, self.agent), "last_step_usd": self.last_step_usd,
             "extra": self.extra_state(),
         }
 
@@ -242,6 +272,9 @@ class PromptOptimizer:
         torch.set_rng_state(state["rng_torch"])
         restore_cuda_rng(state.get("rng_cuda"))
         self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
+        if "ledger" in state:  # checkpoints written before the ledger existed start it at zero
+            self.ledger.load_state_dict(state["ledger"], self.scorer, self.agent)
+            self.last_step_usd = state["last_step_usd"]
         self.load_extra_state(state["extra"])
 
     def save(self) -> None:

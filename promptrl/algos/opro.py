@@ -46,6 +46,10 @@ class OPRO(PromptOptimizer):
         per_prompt = len(task.train) if cfg.eval_examples is None else min(cfg.eval_examples, len(task.train))
         return (len(cfg.initial_prompts) + cfg.steps * cfg.prompts_per_step) * per_prompt
 
+    @classmethod
+    def planned_samples(cls, cfg, task) -> tuple[int, int]:
+        return cfg.steps, cfg.steps * cfg.prompts_per_step
+
     def finished(self) -> bool:
         return self.opt_steps > self.cfg.steps
 

@@ -71,6 +71,10 @@ class TTETrainer(APPOTrainer):
         checks = cfg.epochs // cfg.update_term  # the last check counts too (anchor_check_matters)
         return cfg.epochs * group_size(cfg) * len(task.train) + checks * cls.check_calls(cfg, len(task.dev))
 
+    @classmethod
+    def planned_samples(cls, cfg, task):
+        return None  # one instruction per training input and step: the tokens depend on each input
+
     @staticmethod
     def check_calls(cfg, n_dev: int) -> int:
         return 2 * n_dev if cfg.reference == "anchor" else 0  # one instruction per dev input, policy and anchor

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from promptrl.errors import UserError
+from promptrl.ledger import Ledger
 from promptrl.scoring.cache import example_key
 from promptrl.tasks import Example, Task
 from promptrl.tasks.metrics import score_answer
@@ -245,6 +246,7 @@ class Scorer:
         self.cache = None  # a ScoreCache, attached by build_scorer
         self.cache_hits = 0
         self.cache_misses = 0
+        self.ledger = Ledger()  # the run's, attached by open_models; its own when built alone
 
     def identity(self) -> dict:
         """What, besides the task's template and label words, determines this scorer's scores."""
@@ -278,8 +280,9 @@ class Scorer:
         if not prompts or not examples:
             raise ValueError("score() needs at least one prompt and one example")
         n = len(examples)
-        rows = self._cached(prompts, [examples] * len(prompts),
-                            lambda todo: self._score_rows([prompts[i] for i in todo], examples).view(len(todo), n, -1))
+        with self.ledger.timed("score"):
+            rows = self._cached(prompts, [examples] * len(prompts),
+                                lambda todo: self._score_rows([prompts[i] for i in todo], examples).view(len(todo), n, -1))
         lp = torch.stack(rows)
         if self.task.is_generation:
             return GenerationScores(values=lp)
@@ -291,8 +294,9 @@ class Scorer:
         `accuracy` is then [1], the mean over the pairs. Cached and counted like `score`."""
         if len(prompts) != len(examples) or not prompts:
             raise ValueError("score_pairs() needs as many prompts as examples, at least one")
-        rows = self._cached(prompts, [[ex] for ex in examples], lambda todo: self._score_pairs(
-            [(prompts[i], examples[i]) for i in todo]).unsqueeze(1))
+        with self.ledger.timed("score"):
+            rows = self._cached(prompts, [[ex] for ex in examples], lambda todo: self._score_pairs(
+                [(prompts[i], examples[i]) for i in todo]).unsqueeze(1))
         out = torch.cat(rows)
         if self.task.is_generation:
             return GenerationScores(values=out.unsqueeze(0))

@@ -150,6 +150,7 @@ class HFScorer(Scorer):
             new = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.pad_id,
                                       stopping_criteria=self._stop_criteria(tuple(stop), width), **chunked)
+            self.ledger.target_output_tokens += int((new[:, width:] != self.pad_id).sum())
             for r, i in enumerate(chunk):
                 out[i] = cut_at_stop(self.tokenizer.decode(new[r, width:], skip_special_tokens=True), stop)
         return out

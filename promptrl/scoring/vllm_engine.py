@@ -158,6 +158,7 @@ class VLLMScorer(Scorer):
             for i, result in zip(todo, outputs):
                 out = result.outputs[0]
                 emitted[i] += list(out.token_ids)
+                self.ledger.target_output_tokens += len(out.token_ids)
                 text = self.tokenizer.decode(emitted[i], skip_special_tokens=True)
                 blank_stop = out.finish_reason == "stop" and out.stop_reason in stop and not text.strip()
                 if blank_stop and out.token_ids and len(emitted[i]) < max_new_tokens:
