@@ -536,8 +536,8 @@ def prompts_table(runs: list[Run], indices: list[int], by: list[str] | None = No
                      "<code>prompt_rewards</code>, <code>prompt_accs</code>): their rows show the step's mean, marked ≈.")
     if silent_runs:
         names = ", ".join(_esc(run_label(runs[i], by) if by else runs[i].path) for i in silent_runs[:5]) + (" …" if len(silent_runs) > 5 else "")
-        notes.append(f"{len(silent_runs)} run(s) log no sampled prompts (no <code>prompts</code> in metrics.jsonl; GEPA logs "
-                     f"only its iterations): {names}. Their final queue is above.")
+        notes.append(f"{len(silent_runs)} run(s) log no sampled prompts (no <code>prompts</code> in metrics.jsonl; GEPA runs older "
+                     f"than its lineage logging have only iteration rows): {names}. Their final queue is above.")
     table = _table("prompts", header, body, search=True,
                    caption="Every sampled prompt with its step; rows of final-queue prompts are highlighted with their dev and "
                            "test accuracy. Click a header to sort.") if body else ""
