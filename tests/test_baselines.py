@@ -225,7 +225,7 @@ def test_ape_ucb_bonus_is_scaled_to_the_tasks_reward_range():
 def test_opro_logs_each_new_instructions_parents_the_instructions_its_meta_prompt_showed(tmp_path):
     """Lineage on the tiny models: each step's `prompt_parents` is aligned with its `prompts`, and a
     new instruction's parents are exactly the instructions in that step's meta-prompt (read from the
-    text the agent was shown); report --html draws the tree from them."""
+    text the agent was shown), best first; report --html draws the tree from them."""
     import re
 
     import yaml
@@ -259,7 +259,7 @@ def test_opro_logs_each_new_instructions_parents_the_instructions_its_meta_promp
         assert len(row["prompt_parents"]) == len(row["prompts"]) == 3
         assert len(meta) == min(4, len(seen)) and set(meta) <= seen  # the best 4 scored so far
         for prompt, parents in zip(row["prompts"], row["prompt_parents"]):
-            assert parents == ([] if prompt in seen else meta)
+            assert parents == ([] if prompt in seen else meta[::-1])  # best first: the meta-prompt shows it last
         seen |= set(row["prompts"])
     assert any(parents for row in rows[1:] for parents in row["prompt_parents"])
 

@@ -60,7 +60,7 @@ class OPRO(PromptOptimizer):
             proposals = [str(p) for p in self.cfg.initial_prompts]
             shown = []  # the initial instructions come from the config, not from a meta-prompt
         else:
-            shown = [h["prompt"] for h in opro_shown(self.history, self.cfg.max_history)]
+            shown = [h["prompt"] for h in opro_shown(self.history, self.cfg.max_history)][::-1]  # best first
             exemplars = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
             text = opro_meta_prompt(self.history, self.task, exemplars, self.cfg.max_history)
             samples = self.agent.sample(self.agent.query_ids(text, self.cfg.instruction_prefix), self.cfg.prompts_per_step, BASE)
@@ -68,8 +68,9 @@ class OPRO(PromptOptimizer):
         seen = self.scored()
         new = [p for p in dict.fromkeys(proposals) if p not in seen]
         # Lineage (report --html): a new instruction's parents are the instructions its meta-prompt
-        # showed, named by their text; one scored in an earlier step was proposed from earlier ones
-        # (logged then), so it names none here. Aligned with `prompts`.
+        # showed, named by their text, best first (the report hangs a node under its first parent);
+        # one scored in an earlier step was proposed from earlier ones (logged then), so it names
+        # none here. Aligned with `prompts`.
         row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new),
                "prompt_parents": [[] if p in seen else list(shown) for p in proposals]}
         if new:
