@@ -163,13 +163,20 @@ def plan_main(args: list[str]) -> int:
 
 
 def report_main(args: list[str]) -> int:
+    from promptrl import progress
     from promptrl.report import main as report
 
+    # report has no logger.progress: its bars (runs read, figures drawn) are drawn on a terminal
+    # only, so a report piped or redirected to a file holds its tables and nothing else
+    before = progress.enabled()
+    progress.set_enabled(sys.stdout.isatty())
     try:
         return report(args)
     except UserError as e:
         print(f"promptrl: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        progress.set_enabled(before)
 
 
 def cache_main(args: list[str]) -> int:

@@ -6,7 +6,8 @@ One rich `Progress` display is shared by every bar of the process, so a bar open
 another (the final evaluation inside a run, a model load inside a sweep job) is one more row of
 the same display rather than a second live display, which rich refuses. Bars are drawn on the
 terminal only (never through `logging`, so never in `train.log`) and are off with
-`logger.progress=false` (`set_enabled`).
+`logger.progress=false` (`set_enabled`); `promptrl report`, which has no logger settings, turns
+them on when its stdout is a terminal (the runs it reads, the figures it draws).
 """
 
 from __future__ import annotations

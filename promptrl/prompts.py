@@ -59,12 +59,18 @@ def tte_message(meta_prompt: str, demos: str, current_input_label: str, text: st
     return f"{user_message(meta_prompt, demos)}\n\n{current_input_label} {text}"
 
 
-def opro_meta_prompt(history: list[dict], task: Task, exemplars: list[Example], max_history: int) -> str:
-    """OPRO's meta-prompt: the `max_history` best instructions, worst first so the best sits
-    next to the request, then exemplars rendered with the task template and <INS> in place."""
+def opro_shown(history: list[dict], max_history: int) -> list[dict]:
+    """The history entries OPRO's meta-prompt shows, in its order: the `max_history` best, worst
+    first so the best sits next to the request."""
     best = sorted(history, key=lambda h: (h["score"], -h["order"]), reverse=True)[:max_history]
+    return sorted(best, key=lambda h: (h["score"], -h["order"]))
+
+
+def opro_meta_prompt(history: list[dict], task: Task, exemplars: list[Example], max_history: int) -> str:
+    """OPRO's meta-prompt: the instructions `opro_shown` picks with their scores, then exemplars
+    rendered with the task template and <INS> in place."""
     lines = [OPRO_HEADER]
-    for h in sorted(best, key=lambda h: (h["score"], -h["order"])):
+    for h in opro_shown(history, max_history):
         lines.append(f"text:\n{h['prompt']}\nscore:\n{h['score']}\n")
     if exemplars:
         lines.append(OPRO_PROBLEMS)

@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 from omegaconf import OmegaConf
 
+from promptrl import progress
 from promptrl.errors import UserError
 from promptrl.stats import paired_comparison, t_interval
 
@@ -68,7 +69,12 @@ def find_runs(patterns: list[str]) -> list[Run]:
                 dirs.update(p.parent for p in ([m] if m.name == marker else m.rglob(marker)))
     if not dirs:
         raise UserError(f"report: no runs (results.json or failed.json) under {', '.join(patterns)}")
-    return [load_run(d) for d in sorted(dirs)]
+    runs = []
+    with progress.bar("report: reading runs", total=len(dirs)) as bar:
+        for d in sorted(dirs):
+            runs.append(load_run(d))
+            bar.advance()
+    return runs
 
 
 def unfinished_runs(patterns: list[str]) -> list[Path]:
@@ -350,34 +356,43 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
         if searched(r):  # the manual prompt has no search to draw
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
-    for y_key, x_key, title, fname in [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
-                                       ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png"),
-                                       ("response_len", "step", "mean response length (tokens)", "response_len.png"),
-                                       ("entropy", "step", "policy entropy (nats/token)", "entropy.png")]:
-        if not any(row.get(y_key) is not None for members in groups.values() for r in members for row in r.rows):
-            continue  # APE and OPRO have no policy: no response-length or entropy rows
-        fig, ax = plt.subplots(figsize=(7, 4.2))
-        for i, (label, members) in enumerate(groups.items()):
-            if y_key == "best_reward":  # each run held at its best to the end, so the mean never falls
-                xs, mean, lo, hi = best_so_far(members, x_key, y_key)
-            else:
-                xs, mean, lo, hi = curve(members, x_key, y_key, smooth=smooth)
-            if not xs:
-                continue
-            line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
-            ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-        ax.set_xlabel(x_key.replace("_", " "))
-        ax.set_ylabel(y_key.replace("_", " "))
-        smoothed = f", trailing mean of {smooth} steps" if smooth > 1 and y_key != "best_reward" else ""
-        ax.set_title(f"{title}{smoothed}; band = min..max over seeds", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=110)
-        plt.close(fig)
-        written.append(out / fname)
-    written.append(plot_dev(groups, out, plt))
+    figures = [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
+               ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png"),
+               ("response_len", "step", "mean response length (tokens)", "response_len.png"),
+               ("entropy", "step", "policy entropy (nats/token)", "entropy.png")]
+    with progress.bar("report: drawing plots", total=len(figures) + 1) as bar:
+        for y_key, x_key, title, fname in figures:
+            if any(row.get(y_key) is not None for members in groups.values() for r in members for row in r.rows):
+                written.append(_plot_curve(groups, y_key, x_key, title, out / fname, smooth, plt))
+            # else: APE and OPRO have no policy, so no response-length or entropy rows
+            bar.advance()
+        written.append(plot_dev(groups, out, plt))
+        bar.advance()
     return written
+
+
+def _plot_curve(groups: dict[str, list[Run]], y_key: str, x_key: str, title: str, path: Path, smooth: int, plt) -> Path:
+    """One PNG: each group's mean curve with its min..max band over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (label, members) in enumerate(groups.items()):
+        if y_key == "best_reward":  # each run held at its best to the end, so the mean never falls
+            xs, mean, lo, hi = best_so_far(members, x_key, y_key)
+        else:
+            xs, mean, lo, hi = curve(members, x_key, y_key, smooth=smooth)
+        if not xs:
+            continue
+        line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
+        ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
+    ax.set_xlabel(x_key.replace("_", " "))
+    ax.set_ylabel(y_key.replace("_", " "))
+    smoothed = f", trailing mean of {smooth} steps" if smooth > 1 and y_key != "best_reward" else ""
+    ax.set_title(f"{title}{smoothed}; band = min..max over seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_dev(groups: dict[str, list[Run]], out: Path, plt) -> Path:
@@ -427,13 +442,15 @@ def wandb_runs(path: str) -> list[Run]:
     except Exception as e:
         raise UserError(f"report: cannot read wandb project {path!r} ({str(e).splitlines()[0][:200]})") from None
     runs = []
-    for w in api_runs:
-        summary = dict(w.summary)
-        results = summary if "test_accuracy" in summary else None
-        rows = [dict(r) for r in w.scan_history()]
-        for row in rows:
-            row.setdefault("step", row.get("_step"))
-        runs.append(Run(Path(w.path if isinstance(w.path, str) else "/".join(w.path)), dict(w.config), results, rows))
+    with progress.bar(f"report: reading runs from wandb {path}") as bar:  # a spinner: the count is known only at the end
+        for w in api_runs:
+            summary = dict(w.summary)
+            results = summary if "test_accuracy" in summary else None
+            rows = [dict(r) for r in w.scan_history()]
+            for row in rows:
+                row.setdefault("step", row.get("_step"))
+            runs.append(Run(Path(w.path if isinstance(w.path, str) else "/".join(w.path)), dict(w.config), results, rows))
+            bar.advance()
     return runs
 
 

@@ -30,6 +30,7 @@ import json
 import math
 from pathlib import Path
 
+from promptrl import progress
 from promptrl.report import (
     BASELINES,
     Comparison,
@@ -217,10 +218,15 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def run_figures(run: Run, ri: int) -> list[str]:
-    """The run page's curves; every step point carries [run index, step] for the prompts panel."""
+FIGURES = len(STEP_CURVES) + 2  # the curves run_figures and sweep_figures draw at most: STEP_CURVES, dev accuracy, best so far
+
+
+def run_figures(run: Run, ri: int, bar: progress.Bar | None = None) -> list[str]:
+    """The run page's curves; every step point carries [run index, step] for the prompts panel.
+    `bar` advances by one for each of the FIGURES, drawn or not."""
     import plotly.graph_objects as go
 
+    bar = bar or progress.Bar()
     rows = step_rows(run)
     prompts_at = {int(r["step"]): [str(p) for p in r["prompts"]] for r in rows if isinstance(r.get("prompts"), list)}
     decisions = [r for r in run.rows if r.get("anchor") in DECISIONS and _number(r.get("step"))]
@@ -238,12 +244,14 @@ def run_figures(run: Run, ri: int) -> list[str]:
                 text=[_hover_prompts(prompts_at.get(s, [])) for s in steps],
                 hovertemplate=f"step %{{x}} · {name} %{{y:.3f}}<br>%{{text}}<extra></extra>"))
         if not fig.data:
+            bar.advance()
             continue
         if fid == "reward":
             for d in decisions:
                 if d["anchor"] != "keep":
                     fig.add_vline(x=d["step"], line=dict(color=DECISIONS[d["anchor"]][1], width=1, dash="dash"), opacity=0.5)
         figs.append(_fig_html(fig, f"fig-{fid}"))
+        bar.advance()
     checks = [d for d in decisions if _number(d.get("policy_dev_acc"))]
     if checks:
         fig = _figure("dev accuracy at anchor checks", "step", "dev accuracy")
@@ -265,19 +273,23 @@ def run_figures(run: Run, ri: int) -> list[str]:
                     text=[f"{decision}: policy − anchor {d.get('diff', math.nan):+.3f}" for d in mine],
                     hovertemplate="step %{x} · policy %{y:.3f}<br>%{text}<extra></extra>"))
         figs.append(_fig_html(fig, "fig-dev"))
+    bar.advance()
     xs, mean, _, _ = best_so_far([run])
     if xs:
         fig = _figure("best reward so far", "target calls", "reward")
         fig.add_trace(go.Scatter(x=xs, y=mean, mode="lines", line=dict(color=COLORS[0], shape="hv", width=1.8), name="best",
                                  hovertemplate="%{x} calls · best %{y:.3f}<extra></extra>"))
         figs.append(_fig_html(fig, "fig-best"))
+    bar.advance()
     return figs
 
 
-def sweep_figures(runs: list[Run], groups: dict[str, list[int]], smooth: int = 1) -> list[str]:
+def sweep_figures(runs: list[Run], groups: dict[str, list[int]], smooth: int = 1, bar: progress.Bar | None = None) -> list[str]:
     """Per group: the mean over seeds with its min..max band, each seed faint behind it (its points
-    carry [run index, step] for the prompts panel)."""
+    carry [run index, step] for the prompts panel). `bar` advances by one for each of the FIGURES."""
     import plotly.graph_objects as go
+
+    bar = bar or progress.Bar()
 
     figs = []
     for fid, keys, title, y_title in STEP_CURVES:
@@ -301,9 +313,11 @@ def sweep_figures(runs: list[Run], groups: dict[str, list[int]], smooth: int = 1
                                      hovertemplate=f"{html.escape(label)} mean · step %{{x}} · %{{y:.3f}}<extra></extra>"))
         if fig.data:
             figs.append(_fig_html(fig, f"fig-{fid}"))
+        bar.advance()
     dev = _sweep_dev_figure(runs, groups)
     if dev is not None:
         figs.append(_fig_html(dev, "fig-dev"))
+    bar.advance()
     fig = _figure("best reward so far", "target calls", "reward", height=340)
     for gi, (label, members) in enumerate(groups.items()):
         color = COLORS[gi % len(COLORS)]
@@ -322,6 +336,7 @@ def sweep_figures(runs: list[Run], groups: dict[str, list[int]], smooth: int = 1
                                  hovertemplate=f"{html.escape(label)} mean · %{{x}} calls · best %{{y:.3f}}<extra></extra>"))
     if fig.data:
         figs.append(_fig_html(fig, "fig-best"))
+    bar.advance()
     return figs
 
 
@@ -536,8 +551,8 @@ def prompts_table(runs: list[Run], indices: list[int], by: list[str] | None = No
                      "<code>prompt_rewards</code>, <code>prompt_accs</code>): their rows show the step's mean, marked ≈.")
     if silent_runs:
         names = ", ".join(_esc(run_label(runs[i], by) if by else runs[i].path) for i in silent_runs[:5]) + (" …" if len(silent_runs) > 5 else "")
-        notes.append(f"{len(silent_runs)} run(s) log no sampled prompts (no <code>prompts</code> in metrics.jsonl; GEPA logs "
-                     f"only its iterations): {names}. Their final queue is above.")
+        notes.append(f"{len(silent_runs)} run(s) log no sampled prompts (no <code>prompts</code> in metrics.jsonl; GEPA runs older "
+                     f"than its lineage logging have only iteration rows): {names}. Their final queue is above.")
     table = _table("prompts", header, body, search=True,
                    caption="Every sampled prompt with its step; rows of final-queue prompts are highlighted with their dev and "
                            "test accuracy. Click a header to sort.") if body else ""
@@ -561,7 +576,9 @@ def _run_cells(run: Run, by: list[str] | None) -> str:
 def write_html(runs: list[Run], by: list[str], out: Path, comparisons: list[Comparison] = (), smooth: int = 1) -> Path:
     """report.html under out: a run's page for one run, a sweep's page for several."""
     out.mkdir(parents=True, exist_ok=True)
-    page = run_page(runs[0], by) if len(runs) == 1 else sweep_page(runs, by, list(comparisons), smooth)
+    # the bar counts the figures: the curves, then each run's lineage tree (drawn where it logs one)
+    with progress.bar("report: drawing report.html", total=FIGURES + len(runs)) as bar:
+        page = run_page(runs[0], by, bar) if len(runs) == 1 else sweep_page(runs, by, list(comparisons), smooth, bar)
     path = out / "report.html"
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -577,7 +594,7 @@ RESULT_FIELDS = [  # (results.json key, label, digits)
 ]
 
 
-def run_page(run: Run, by: list[str]) -> str:
+def run_page(run: Run, by: list[str], bar: progress.Bar | None = None) -> str:
     res = run.results or {}
     cfg = lambda *keys: next((str(v) for v in (run.value(k) for k in keys) if v is not None), "?")
     title = f"{cfg('task.name', 'task')} · {cfg('algo.name', 'algo')} · seed {cfg('seed')}"
@@ -597,7 +614,8 @@ def run_page(run: Run, by: list[str]) -> str:
         chosen_html += f'<p class="note">The guard kept the {_esc(res["kept_baseline"])} prompt (algo.keep_baseline).</p>'
     if run.results is None:
         chosen_html += '<p class="note">This run failed (failed.json) or has no results.json.</p>'
-    figs = run_figures(run, 0)
+    bar = bar or progress.Bar()
+    figs = run_figures(run, 0, bar)
     nodes = lineage(run)
     prompts_html, notes = prompts_table([run], [0])
     sections = [
@@ -608,7 +626,8 @@ def run_page(run: Run, by: list[str]) -> str:
     ]
     if nodes:
         sections.append(_section("Lineage", lineage_figure(run, nodes, "fig-lineage")))
-    elif _lineage_expected(run):
+    bar.advance()
+    if not nodes and _lineage_expected(run):
         notes.append("No lineage in this run's metrics: the tree needs <code>prompt_parents</code> (and, for GEPA, "
                      "<code>prompt_ids</code>) beside <code>prompts</code>.")
     sections.append(_section("Sampled prompts", prompts_html or '<p class="note">No sampled prompts in metrics.jsonl.</p>', notes))
@@ -619,7 +638,8 @@ def _lineage_expected(run: Run) -> bool:
     return str(run.value("algo.name")) in ("opro", "gepa")
 
 
-def sweep_page(runs: list[Run], by: list[str], comparisons: list[Comparison], smooth: int) -> str:
+def sweep_page(runs: list[Run], by: list[str], comparisons: list[Comparison], smooth: int, bar: progress.Bar | None = None) -> str:
+    bar = bar or progress.Bar()
     table = summarize(runs, by)
     header, cells = table_cells(table, by)
     groups: dict[str, list[int]] = {}
@@ -654,6 +674,7 @@ def sweep_page(runs: list[Run], by: list[str], comparisons: list[Comparison], sm
         if nodes:
             lineages.append(f"<details><summary>{_esc(run_label(runs[i], by))}: {len(nodes)} candidates</summary>"
                             f"{lineage_figure(runs[i], nodes, f'fig-lineage-{i}')}</details>")
+        bar.advance()
     title = f"{len(runs)} runs by {', '.join(by)}"
     sections = [
         f'<header><h1>Sweep: {_esc(title)}</h1><p class="path">{_esc(_common_dir(runs))}</p></header>',
@@ -665,7 +686,7 @@ def sweep_page(runs: list[Run], by: list[str], comparisons: list[Comparison], sm
                                  ["As compare.md / vs_&lt;baseline&gt;.md: mean difference with its 95% t-interval, "
                                   "wins/ties/losses and two-sided p-values."]))
     sections += [
-        _curves_section(sweep_figures(runs, groups, smooth), single_run=False, smooth=smooth),
+        _curves_section(sweep_figures(runs, groups, smooth, bar), single_run=False, smooth=smooth),
         _section("Runs", runs_html),
         _section("Final queues", queue_table(runs, order, by) or '<p class="note">No queues in results.json.</p>'),
     ]

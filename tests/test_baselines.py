@@ -220,3 +220,52 @@ def test_ape_ucb_bonus_is_scaled_to_the_tasks_reward_range():
     cls = Task(name="cls", kind="classification", template="{prompt} {input}", label_words=[" a", " b"],
                metric="accuracy", manual_prompt="", train=ex, dev=ex, test=ex)
     assert reward_range(cls, 10.0, -0.1) == pytest.approx(10.1)
+
+
+def test_opro_logs_each_new_instructions_parents_the_instructions_its_meta_prompt_showed(tmp_path):
+    """Lineage on the tiny models: each step's `prompt_parents` is aligned with its `prompts`, and a
+    new instruction's parents are exactly the instructions in that step's meta-prompt (read from the
+    text the agent was shown), best first; report --html draws the tree from them."""
+    import re
+
+    import yaml
+
+    from promptrl.report import load_run
+    from promptrl.report_html import lineage, write_html
+    from promptrl.scoring.hf import HFScorer
+
+    from conftest import make_model, make_tokenizer
+
+    task = toy_task()
+    tok = make_tokenizer()
+    agent = make_agent(max_new_tokens=4)
+    shown = []  # per optimisation step >= 1: the instructions in its meta-prompt, in order
+    query_ids = agent.query_ids
+
+    def spy(user, prefix):
+        shown.append(re.findall(r"text:\n(.*?)\nscore:\n\d+\n", user, flags=re.S))
+        return query_ids(user, prefix)
+
+    agent.query_ids = spy
+    opro = OPRO(cfg(OPROConfig, steps=3, prompts_per_step=3, max_history=4, initial_prompts=["", "classify the sentiment"]),
+                task, HFScorer(make_model(len(tok)), tok, task, "tiny"), agent, tmp_path)
+    opro.tracker = Tracker(tmp_path, SimpleNamespace(wandb=False))
+    opro.run()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and len(shown) == 3
+    assert rows[0]["prompt_parents"] == [[], []]  # the initial instructions: from the config
+    seen = set(rows[0]["prompts"])
+    for row, meta in zip(rows[1:], shown):
+        assert len(row["prompt_parents"]) == len(row["prompts"]) == 3
+        assert len(meta) == min(4, len(seen)) and set(meta) <= seen  # the best 4 scored so far
+        for prompt, parents in zip(row["prompts"], row["prompt_parents"]):
+            assert parents == ([] if prompt in seen else meta[::-1])  # best first: the meta-prompt shows it last
+        seen |= set(row["prompts"])
+    assert any(parents for row in rows[1:] for parents in row["prompt_parents"])
+
+    (tmp_path / "config_resolved.yaml").write_text(yaml.safe_dump({"algo": {"name": "opro"}, "task": {"name": "toy"}, "seed": 0}))
+    run = load_run(tmp_path)
+    nodes = lineage(run)
+    assert set(nodes) == seen and all(set(n["parents"]) <= seen for n in nodes.values())
+    page = write_html([run], ["task.name", "algo.name"], tmp_path / "report").read_text()
+    assert "<h2>Lineage</h2>" in page and 'id="fig-lineage"' in page and f"lineage of {len(seen)} candidates" in page

@@ -71,6 +71,44 @@ def test_gepa_keeps_the_better_reflection_and_counts_calls_as_gepa_does(tmp_path
     assert g.summary()["gepa_metric_calls"] == scorer.calls
 
 
+def test_gepa_logs_each_candidates_id_and_parents_as_it_joins_the_pool(tmp_path):
+    """Lineage: every candidate GEPA scores on its Pareto set is logged once, with its index as id,
+    its parents' indices (none for the seed) and its Pareto-set reward; a parent is always a
+    candidate logged before it. Each reflection here improves on its parent: a chain 0-1-2-3."""
+    from promptrl.report import Run
+    from promptrl.report_html import lineage
+
+    task = toy_task()  # 8 train examples, all of them the Pareto set; minibatches of 3
+    quality = {"classify the sentiment": 0.0, "one": 0.34, "two": 0.67, "three": 1.0}
+    scorer = QualityScorer(task, {**quality, **{f"```\n{p}": q for p, q in quality.items()}})
+    agent = ScriptedAgent(["one```", "two```", "three```"] + ["worse```"] * 50)
+    rows = []
+    g = GEPA(cfg(queue_size=4), task, scorer, agent, tmp_path, budget_calls=80)
+    g.tracker = type("T", (), {"log": lambda self, row: rows.append(row)})()
+    g.run()
+    logged = [(i, p, parents, r, row["step"]) for row in rows if "prompt_ids" in row
+              for i, p, parents, r in zip(row["prompt_ids"], row["prompts"], row["prompt_parents"], row["prompt_rewards"])]
+    assert len(logged) == g.candidates >= 4
+    assert all(len(row["prompts"]) == len(row["prompt_parents"]) == len(row["prompt_rewards"]) for row in rows if "prompts" in row)
+    ids = [i for i, *_ in logged]
+    assert ids == [str(k) for k in range(len(ids))]  # GEPA's candidate indices, as strings, in the order they joined
+    assert logged[0][:3] == ("0", "classify the sentiment", [])  # the seed: no parents
+    for k, (_, _, parents, _, _) in enumerate(logged[1:], start=1):
+        assert parents and set(parents) <= set(ids[:k])  # every parent logged before its child
+    assert [(p, parents) for _, p, parents, _, _ in logged[:4]] == [
+        ("classify the sentiment", []), ("one", ["0"]), ("two", ["1"]), ("three", ["2"])]
+    assert [r for *_, r, _ in logged[:4]] == sorted(r for *_, r, _ in logged[:4]) and logged[3][3] == g.queue.items[0]["reward"]
+    assert rows and [r["step"] for r in rows] == list(range(len(rows))) and rows[-1]["target_calls"] == scorer.calls
+    nodes = lineage(Run(tmp_path, {"algo": {"name": "gepa"}}, None, rows))
+    assert set(nodes) == set(ids) and nodes["3"]["parents"] == ["2"] and nodes["3"]["prompt"] == "three"
+    # a budget spent on the seed alone: no iteration runs, the seed still gets its row
+    rows.clear()
+    g = GEPA(cfg(), task, QualityScorer(task, {}), ScriptedAgent([]), tmp_path, budget_calls=len(task.train))
+    g.tracker = type("T", (), {"log": lambda self, row: rows.append(row)})()
+    g.run()
+    assert [(r["step"], r["prompt_ids"], r["prompt_parents"]) for r in rows] == [(0, ["0"], [[]])]
+
+
 def test_gepa_with_the_tiny_agent_as_reflection_lm(tmp_path):
     task = toy_task()
     scorer = tiny_scorer(task)

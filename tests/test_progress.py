@@ -126,3 +126,50 @@ def test_the_final_evaluation_of_a_cpu_demo_run_talks_on_a_terminal(tmp_path, sh
     assert dev.start() < test.start() < table
     assert "eta" in screen[test.start():table]
     assert "final evaluation" not in (run / "train.log").read_text()
+
+
+def small_sweep(root) -> str:
+    """Three finished runs of two methods, with per-step rows to draw."""
+    from test_report import fake_run
+
+    steps = lambda base: [{"step": s, "reward_mean": base + s, "best_reward": base + s, "target_calls": 64 * (s + 1)} for s in range(3)]
+    for i, (algo, seed) in enumerate([("appo", 0), ("appo", 1), ("ape", 0)]):
+        fake_run(root / str(i), algo, seed, 0.7, 1024, steps(i))
+    return str(root)
+
+
+def test_report_shows_a_bar_over_the_runs_read_and_the_figures_drawn(tmp_path):
+    from promptrl.report import main as report
+    from promptrl.report_html import FIGURES
+
+    sweep = small_sweep(tmp_path / "sweep")
+    text = console_text(lambda: report([sweep, "--html"]))
+    assert re.search(r"report: reading runs .* 3/3", text), text
+    assert re.search(r"report: drawing plots .* 5/5", text), text  # four curves and the dev accuracy
+    assert re.search(rf"report: drawing report\.html .* {FIGURES + 3}/{FIGURES + 3}", text), text  # the curves, a lineage per run
+    buf = io.StringIO()
+    progress.set_enabled(False, Console(file=buf, force_terminal=True, width=160, color_system=None))
+    report([sweep, "--html", "--out", str(tmp_path / "quiet")])
+    assert buf.getvalue() == "" and (tmp_path / "quiet" / "report.html").is_file()
+
+
+class Stdout(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_report_command_draws_its_bars_on_a_terminal_only(tmp_path, monkeypatch, tty):
+    from promptrl.cli import report_main
+
+    sweep = small_sweep(tmp_path / "sweep")
+    stdout = Stdout(tty)
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert report_main([sweep, "--no-plots"]) == 0
+    text = stdout.getvalue()
+    assert "wrote " in text and ("report: reading runs" in text) == tty
+    assert not progress.enabled()  # a library caller after the command gets no bars

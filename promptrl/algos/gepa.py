@@ -17,7 +17,10 @@ Pareto (validation) set and joins the pool. promptrl supplies what GEPA asks of 
 
 GEPA's Pareto set is drawn from train, as its trainset is; dev stays the final selection set.
 Every candidate GEPA scores on its Pareto set is offered to the queue with that mean reward, and
-the final evaluation is everyone's. A metrics row is written per GEPA iteration.
+the final evaluation is everyone's. A metrics row is written per GEPA iteration; it lists the
+candidates scored on the Pareto set since the previous row (`prompts`, `prompt_ids`: GEPA's
+candidate index, `prompt_parents`: its parents' indices, `prompt_rewards`: its mean reward on the
+Pareto set), the lineage `promptrl report --html` draws.
 
 Resume: GEPA's loop cannot be entered mid-way from promptrl's checkpoints, so an interrupted
 GEPA run starts its search again; a finished one (checkpointed after training) is not redone.
@@ -155,6 +158,7 @@ class GEPA(PromptOptimizer):
         start = time.time()
         val = self.train_subset(self.cfg.val_examples)
         seed_prompt = self.cfg.seed_prompt if self.cfg.seed_prompt is not None else self.task.manual_prompt
+        rows = Rows(self)
         result = gepa.optimize(
             seed_candidate={COMPONENT: seed_prompt}, trainset=list(self.task.train), valset=val,
             adapter=PromptAdapter(self.task, self.scorer, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef),
@@ -165,8 +169,9 @@ class GEPA(PromptOptimizer):
             skip_perfect_score=self.cfg.skip_perfect_score,
             use_merge=self.cfg.use_merge, max_merge_invocations=self.cfg.max_merge_invocations,
             max_metric_calls=self.max_metric_calls, stop_callbacks=[lambda state: self.budget_spent()],
-            logger=GEPALogger(), callbacks=[Rows(self)], seed=self.seed, track_best_outputs=False,
+            logger=GEPALogger(), callbacks=[rows], seed=self.seed, track_best_outputs=False,
         )
+        rows.flush()
         self.metric_calls = result.total_metric_calls
         self.candidates = len(result.candidates)
         self.done = True
@@ -188,26 +193,50 @@ class GEPA(PromptOptimizer):
 
 class Rows:
     """GEPA callbacks: every candidate scored on the Pareto set goes to the queue, and every
-    iteration is a metrics row in promptrl's format."""
+    iteration is a metrics row in promptrl's format.
+
+    Lineage is logged as the search runs, not read from the final GEPAResult: GEPA's
+    `on_valset_evaluated` event names each candidate's index (`candidate_idx`) and its parents'
+    (`parent_ids`: none for the seed, two for a merge) when it joins the pool, so the candidates
+    are kept until the iteration's row is written and go into it. A run stopped mid-search still
+    has the lineage of every candidate it logged."""
 
     def __init__(self, trainer: GEPA):
         self.t = trainer
         self.started = time.time()
+        self.pending: list[tuple[str, str, list[str], float]] = []  # (id, prompt, parent ids, reward) not yet in a row
 
     def on_valset_evaluated(self, event) -> None:
-        self.t.queue.offer(event["candidate"][COMPONENT], float(event["average_score"]), self.t.step)
+        prompt, score = event["candidate"][COMPONENT], float(event["average_score"])
+        self.t.queue.offer(prompt, score, self.t.step)
+        parents = [str(p) for p in event.get("parent_ids") or [] if p is not None]
+        self.pending.append((str(event["candidate_idx"]), prompt, parents, score))
 
     def on_iteration_start(self, event) -> None:
         self.started = time.time()
 
     def on_iteration_end(self, event) -> None:
-        t, state = self.t, event["state"]
-        scorer = t.scorer
-        t.log({"step": t.step, "gepa_iteration": event["iteration"], "accepted": bool(event["proposal_accepted"]),
-               "candidates": len(state.program_candidates), "gepa_metric_calls": state.total_num_evals,
-               "reward_max": max(state.program_full_scores_val_set), "target_calls": scorer.calls,
-               "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits, "cache_misses": scorer.cache_misses,
-               "best_reward": t.best_reward(), "time_step": time.time() - self.started})
+        state = event["state"]
+        self.write({"gepa_iteration": event["iteration"], "accepted": bool(event["proposal_accepted"]),
+                    "candidates": len(state.program_candidates), "gepa_metric_calls": state.total_num_evals,
+                    "reward_max": max(state.program_full_scores_val_set)})
+
+    def flush(self) -> None:
+        """After the search: candidates no iteration's row took (the seed alone, when the budget
+        ended the search before its first iteration) get a row of their own."""
+        if self.pending:
+            self.write({"reward_max": max(score for *_, score in self.pending)})
+
+    def write(self, fields: dict) -> None:
+        t, scorer = self.t, self.t.scorer
+        row = {"step": t.step, **fields}
+        if self.pending:
+            ids, prompts, parents, rewards = (list(column) for column in zip(*self.pending))
+            row.update(prompts=prompts, prompt_ids=ids, prompt_parents=parents, prompt_rewards=rewards)
+            self.pending = []
+        row.update(target_calls=scorer.calls, target_tokens=scorer.tokens, cache_hits=scorer.cache_hits,
+                   cache_misses=scorer.cache_misses, best_reward=t.best_reward(), time_step=time.time() - self.started)
+        t.log(row)
         t.step += 1
 
 

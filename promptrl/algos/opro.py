@@ -14,7 +14,7 @@ import math
 from promptrl.agent import BASE
 from promptrl.algos.base import PromptOptimizer
 from promptrl.errors import UserError
-from promptrl.prompts import extract_instruction, opro_meta_prompt
+from promptrl.prompts import extract_instruction, opro_meta_prompt, opro_shown
 
 
 def validate(cfg) -> None:
@@ -62,14 +62,21 @@ class OPRO(PromptOptimizer):
     def train_step(self) -> dict:
         if self.opt_steps == 0:
             proposals = [str(p) for p in self.cfg.initial_prompts]
+            shown = []  # the initial instructions come from the config, not from a meta-prompt
         else:
+            shown = [h["prompt"] for h in opro_shown(self.history, self.cfg.max_history)][::-1]  # best first
             exemplars = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
             text = opro_meta_prompt(self.history, self.task, exemplars, self.cfg.max_history)
             samples = self.agent.sample(self.agent.query_ids(text, self.cfg.instruction_prefix), self.cfg.prompts_per_step, BASE)
             proposals = [extract_instruction(p, self.cfg.instruction_end) for p in samples.prompts]
         seen = self.scored()
         new = [p for p in dict.fromkeys(proposals) if p not in seen]
-        row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new)}
+        # Lineage (report --html): a new instruction's parents are the instructions its meta-prompt
+        # showed, named by their text, best first (the report hangs a node under its first parent);
+        # one scored in an earlier step was proposed from earlier ones (logged then), so it names
+        # none here. Aligned with `prompts`.
+        row = {"opro_step": self.opt_steps, "prompts": proposals, "duplicates": len(proposals) - len(new),
+               "prompt_parents": [[] if p in seen else list(shown) for p in proposals]}
         if new:
             rewards, parts = self.score_prompts(new, self.eval_set)
             for p, r, a in zip(new, rewards.tolist(), parts["acc"].tolist()):
