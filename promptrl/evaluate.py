@@ -127,7 +127,8 @@ def run_eval(cfg: DictConfig) -> dict:
         named = prompts_to_evaluate(cfg, task)
         with ExitStack() as models:
             scorer, _ = open_models(cfg, task, models)
-            rows = evaluate_prompts(scorer, task, list(named.values()))
+            with scorer.ledger.timed("evaluation"):
+                rows = evaluate_prompts(scorer, task, list(named.values()))
         results = eval_results(cfg, task, named, rows, scorer, time.time() - start)
         write_json(out / "results.json", results)
     by_name = dict(zip(named, rows))
@@ -152,7 +153,7 @@ def eval_results(cfg: DictConfig, task: Task, named: dict[str, str], rows: list[
         "template": task.template, "label_words": task.label_words, "metric": task.metric, "category": task.category,
         "prompts": [{"name": n, **r} for n, r in by_name.items()],
         "target_calls": scorer.calls, "target_tokens": scorer.tokens, "cache_hits": scorer.cache_hits,
-        "cache_misses": scorer.cache_misses, **scorer.report(), "wall_time_s": wall_s,
+        "cache_misses": scorer.cache_misses, **scorer.report(), "cost": scorer.ledger.cost(scorer, None), "wall_time_s": wall_s,
     }
     for name in ("manual", "empty"):
         if name in by_name:

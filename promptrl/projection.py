@@ -75,15 +75,14 @@ def tokenizer_sources(model_cfg, cache_dir: str) -> list[str]:
 
 
 # --- the projection -------------------------------------------------------------------------------
-def target_call_tokens(cfg, task, counter: TokenCounter, examples, length: int) -> tuple[float, float]:
-    """Mean (input, output) tokens of one target call on these examples, with an instruction of
-    `length` tokens."""
-    instruction = counter.filler(length)
+def target_call_tokens(cfg, task, counter: TokenCounter, examples, instruction: str) -> tuple[float, float]:
+    """Mean (input, output) tokens of one target call on these examples with this instruction."""
     chat = cfg.target.get("backend") == "chat"
     inputs = []
     for ex in examples:
-        if chat and cfg.target.chat.placement == "system":
-            messages = [{"role": "system", "content": instruction}, {"role": "user", "content": task.render("", ex.text)}]
+        if chat and cfg.target.chat.placement == "system":  # as ChatScorer.messages: no system message for no instruction
+            system = [{"role": "system", "content": instruction}] if instruction.strip() else []
+            messages = system + [{"role": "user", "content": task.render("", ex.text)}]
         elif chat:
             messages = [{"role": "user", "content": task.render(instruction, ex.text)}]
         else:
@@ -112,14 +111,18 @@ def project(cfg, task, calls: dict, trainer_cls) -> dict:
     """The run's projected cost in the ledger's units; None where the schedule does not say."""
     target = counter_for(cfg.target, cfg.cache_dir)
     agent = counter_for(cfg.agent, cfg.cache_dir) if trainer_cls.needs_agent else TokenCounter()
-    longest = cfg.agent.max_new_tokens
+    longest = target.filler(cfg.agent.max_new_tokens)
     train_in, out = target_call_tokens(cfg, task, target, task.train, longest)
-    # the final evaluation also scores the task's manual prompt, which may be longer than any instruction
-    final_in, _ = target_call_tokens(cfg, task, target, task.dev + task.test,
-                                     max(longest, target.text(task.manual_prompt or "")))
     train, final = calls["train"], calls["final"]
+    # the final evaluation: the manual and the empty prompt as they are, the rest (the queue, or
+    # one instruction per input) at the longest instruction
+    evaluated = task.dev + task.test
+    written = final / len(evaluated) - 2
+    final_tokens = len(evaluated) * (written * target_call_tokens(cfg, task, target, evaluated, longest)[0]
+                                     + target_call_tokens(cfg, task, target, evaluated, task.manual_prompt or "")[0]
+                                     + target_call_tokens(cfg, task, target, evaluated, "")[0])
     plan = {"target_calls": train + final,
-            "target_input_tokens": round(train * train_in + final * final_in),
+            "target_input_tokens": round(train * train_in + final_tokens),
             "target_output_tokens": round((train + final) * out),
             "agent_input_tokens": None, "agent_output_tokens": None,
             "exact_tokens": target.exact and (agent.exact or not trainer_cls.needs_agent)}

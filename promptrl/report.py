@@ -332,6 +332,70 @@ def best_so_far(runs: list[Run], x_key: str = "target_calls", y_key: str = "best
     return xs, [statistics.fmean(per_x[x]) for x in xs], [min(per_x[x]) for x in xs], [max(per_x[x]) for x in xs]
 
 
+# The ledger's cumulative units (promptrl/ledger.py), each a key of every metrics row
+COST_UNITS = ("target_calls", "target_input_tokens", "target_output_tokens", "agent_input_tokens", "agent_output_tokens",
+              "agent_train_forward_tokens", "agent_train_backward_tokens", "usd", "time_spent_generate",
+              "time_spent_score", "time_spent_update")
+
+
+def run_spend(run: Run, unit: str) -> list[tuple[float, float]]:
+    """(spend in `unit`, best reward so far) at each step row, in order of spend."""
+    points = sorted((float(row[unit]), float(row["best_reward"])) for row in run.rows
+                    if "anchor" not in row and _finite(row.get(unit)) and _finite(row.get("best_reward")))
+    out, best = [], -math.inf
+    for x, y in points:
+        best = max(best, y)
+        out.append((x, best))
+    return out
+
+
+def at_equal_cost(runs: list[Run], by: list[str], unit: str) -> tuple[float, list[dict]]:
+    """Every group's best reward so far at one spend: the most that every run reached in `unit`
+    (the smallest of the runs' final spends), so no method is credited with budget it did not
+    use or charged with budget it did not get. Mean [95% t-interval] over the runs of a group."""
+    series = {id(r): run_spend(r, unit) for r in runs}
+    spent = [s[-1][0] for s in series.values() if s]
+    if not spent:
+        raise UserError(f"report: --cost {unit}: no run logs {unit!r} in its metrics rows (runs from before the cost "
+                        f"ledger, or an algorithm without it); expected one of {', '.join(COST_UNITS)}")
+    level = min(spent)
+    groups: dict[tuple, list[float]] = {}
+    totals: dict[tuple, list[float]] = {}
+    for r in runs:
+        s = series[id(r)]
+        if not s:
+            continue
+        below = [y for x, y in s if x <= level]
+        groups.setdefault(r.key(by), []).append(below[-1] if below else math.nan)
+        totals.setdefault(r.key(by), []).append(s[-1][0])
+    rows = []
+    for key in sorted(groups):
+        values = [v for v in groups[key] if not math.isnan(v)]
+        mean, lo, hi = t_interval(values) if values else (math.nan, math.nan, math.nan)
+        rows.append({**dict(zip(by, key)), "runs": len(groups[key]), "best_reward_mean": mean, "best_reward_ci_low": lo,
+                     "best_reward_ci_high": hi, "not_started": len(groups[key]) - len(values),
+                     f"final_{unit}_mean": statistics.fmean(totals[key])})
+    return level, rows
+
+
+def write_equal_cost(runs: list[Run], by: list[str], unit: str, out: Path) -> Path:
+    level, rows = at_equal_cost(runs, by, unit)
+    header = [k.split(".")[0] if k.endswith(".name") else k for k in by] + [
+        "runs", f"best reward at {unit} = {level:g}", f"{unit} at the end (mean)"]
+    interval = lambda r: ("-" if math.isnan(r["best_reward_mean"]) else f"{r['best_reward_mean']:.3f}" + (
+        "" if math.isnan(r["best_reward_ci_low"]) else f" [{r['best_reward_ci_low']:.3f}, {r['best_reward_ci_high']:.3f}]"))
+    cells = [[str(r[k]) for k in by] + [str(r["runs"]) + (f" ({r['not_started']} not started)" if r["not_started"] else ""),
+                                        interval(r), f"{r[f'final_{unit}_mean']:g}"] for r in rows]
+    path = out / f"equal_cost_{unit}.md"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"Best reward so far (training's reward, on train) of each group at the same spend: {level:g} {unit}, "
+                    "the most every run reached; mean [95% t-interval] over runs.\n\n" + markdown(header, cells))
+    from promptrl.tracking import print_table
+
+    print_table(f"at equal cost: best reward so far at {level:g} {unit}", header, cells)
+    return path
+
+
 def _finite(value) -> bool:
     try:
         return value is not None and math.isfinite(float(value))
@@ -369,6 +433,19 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
         written.append(plot_dev(groups, out, plt))
         bar.advance()
     return written
+
+
+def plot_best_against(runs: list[Run], by: list[str], unit: str, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        if searched(r):
+            groups.setdefault(" / ".join(r.key(by)), []).append(r)
+    return _plot_curve(groups, "best_reward", unit, f"best reward so far against {unit}", out / f"best_reward_vs_{unit}.png", 1, plt)
 
 
 def _plot_curve(groups: dict[str, list[Run]], y_key: str, x_key: str, title: str, path: Path, smooth: int, plt) -> Path:
@@ -469,6 +546,10 @@ def main(argv: list[str]) -> int:
                              "prompt scored in the same runs; writes vs_<baseline>.csv and vs_<baseline>.md")
     parser.add_argument("--smooth", type=int, default=1, metavar="N",
                         help="plot each run's per-step curves as a trailing mean over N steps (default 1: raw)")
+    parser.add_argument("--cost", metavar="UNIT", action="append", choices=COST_UNITS,
+                        help="also put the groups side by side at equal cost in UNIT (a ledger unit: "
+                             + ", ".join(COST_UNITS) + "): a table of the best reward so far at the spend every run "
+                             "reached (equal_cost_UNIT.md) and best_reward_vs_UNIT.png; repeatable")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--html", action="store_true",
                         help="also write report.html: one self-contained interactive page (curves, every sampled prompt, "
@@ -518,6 +599,10 @@ def main(argv: list[str]) -> int:
         written += write_comparisons([baseline], out, f"vs_{args.baseline}")
     if not args.no_plots and any(r.rows for r in runs):  # eval runs have no per-step rows to draw
         written += plot(runs, by, out, smooth=args.smooth)
+    for unit in args.cost or []:
+        written.append(write_equal_cost(runs, by, unit, out))
+        if not args.no_plots:
+            written.append(plot_best_against(runs, by, unit, out))
     if args.html:
         from promptrl.report_html import write_html
 

@@ -204,12 +204,12 @@ def chat_args(server, *more: str) -> list[str]:
     return ["target=openai", f"target.chat.base_url={server.base_url}", "target.chat.model=smollm2", *more]
 
 
-def run(server, tmp_path, name, *args, key=None, cache=None):
+def run(server, tmp_path, name, *args, key=None, cache=None, env=None):
     """`promptrl <args>` against the server (the key in the environment, as users pass it);
     the run's results.json, or the completed process when it failed."""
     out = tmp_path / name
     r = run_cli(*args, f"hydra.run.dir={out}", "logger.progress=false", data=SHARED_DATA,
-                env={"OPENAI_API_KEY": key or server.key, "PROMPTRL_CACHE": cache or tmp_path / "cache"})
+                env={"OPENAI_API_KEY": key or server.key, "PROMPTRL_CACHE": cache or tmp_path / "cache", **(env or {})})
     if r.returncode != 0:
         return r
     return json.loads((out / "results.json").read_text())
@@ -219,10 +219,28 @@ def delta(before: dict, after: dict) -> dict:
     return {k: after[k] - before[k] for k in before}
 
 
+# made-up prices (USD per million tokens), so every money figure is checked against the token counts
+PRICE = {"target": (0.15, 0.6), "agent": (2.5, 10.0)}
+PRICES = {side: [f"{side}.chat.price_input={i}", f"{side}.chat.price_output={o}"] for side, (i, o) in PRICE.items()}
+
+
+def dollars(usage: dict, side: str) -> float:
+    price_in, price_out = PRICE[side]
+    return (usage["input_tokens"] * price_in + usage["output_tokens"] * price_out) / 1e6
+
+
+def ape_args(server, *more: str) -> list[str]:
+    """A short APE run entirely through the chat API: the served model proposes and is the target."""
+    return ["train", "algo=ape", "algo.eval_examples=4", "algo.queue_size=1", "task.max_test_examples=4",
+            "agent.max_new_tokens=24", "agent.backend=chat", f"agent.chat.base_url={server.base_url}",
+            "agent.chat.model=smollm2", *PRICES["agent"], *chat_args(server, *PRICES["target"]), *more]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scoring", ["logprobs", "generate"])
 def test_eval_counts_the_servers_tokens_and_a_rerun_costs_nothing(server, tmp_path, scoring):
-    args = ["eval", f"prompt={PROMPT}", "task.max_test_examples=8", *chat_args(server, f"target.chat.scoring={scoring}")]
+    args = ["eval", f"prompt={PROMPT}", "task.max_test_examples=8",
+            *chat_args(server, f"target.chat.scoring={scoring}", *PRICES["target"])]
     before = server.metrics()
     start = time.time()
     first = run(server, tmp_path, "first", *args)
@@ -236,7 +254,13 @@ def test_eval_counts_the_servers_tokens_and_a_rerun_costs_nothing(server, tmp_pa
     assert usage["requests"] == used["vllm:request_success_total"] == n
     assert usage["input_tokens"] == used["vllm:prompt_tokens_total"] > 0
     assert usage["output_tokens"] == used["vllm:generation_tokens_total"] >= n
-    assert first["target_tokens"] == usage["input_tokens"] and usage["cost_usd"] is None  # no prices: no money figure
+    assert first["target_tokens"] == usage["input_tokens"]
+    # the cost block: the server's own counts, and money at the configured prices
+    cost = first["cost"]
+    assert (cost["target_calls"], cost["target_input_tokens"], cost["target_output_tokens"]) == (
+        n, used["vllm:prompt_tokens_total"], used["vllm:generation_tokens_total"])
+    assert cost["usd"] == cost["target_usd"] == pytest.approx(dollars(usage, "target")) == usage["cost_usd"] > 0
+    assert cost["agent_output_tokens"] == 0 and cost["time_spent_evaluation"] > 0
     if scoring == "logprobs":
         assert usage["output_tokens"] == n  # one answer token each
         assert first["label_logprobs_read"] == 2 * n and first["answers_parsed"] == 0
@@ -309,14 +333,18 @@ def test_a_generation_task_is_answered_under_a_system_message(server, monkeypatc
 
 
 @pytest.mark.slow
-def test_ape_with_the_served_model_as_proposer_and_target(server, tmp_path):
+def test_ape_with_the_served_model_as_proposer_and_target(server, tmp_path, monkeypatch):
     """A short APE run entirely through the chat API: the served model proposes (agent.backend=chat,
     n choices in one request) and is the target; the usage of both is what the server counted."""
+    from promptrl.check import run_plan
+    from promptrl.cli import CONF_DIR
+
+    args = ape_args(server, "algo.num_candidates=2", "algo.prompts_per_step=2", "checkpoint_every=0",
+                    f"target.chat.tokenizer={server.path}", f"agent.chat.tokenizer={server.path}")
+    monkeypatch.setenv("PROMPTRL_DATA", str(SHARED_DATA))
+    plan = run_plan(CONF_DIR, args[1:], multirun=False, history=tmp_path)[0]["cost"]
     before = server.metrics()
-    results = run(server, tmp_path, "ape", "train", "algo=ape", "algo.num_candidates=2", "algo.prompts_per_step=2",
-                  "algo.eval_examples=4", "algo.queue_size=1", "task.max_test_examples=4", "agent.max_new_tokens=24",
-                  "agent.backend=chat", f"agent.chat.base_url={server.base_url}", "agent.chat.model=smollm2",
-                  "checkpoint_every=0", *chat_args(server))
+    results = run(server, tmp_path, "ape", *args)
     assert isinstance(results, dict), results.stderr[-3000:]
     used = delta(before, server.metrics())
     target, agent = results["target_usage"], results["agent_usage"]
@@ -327,6 +355,59 @@ def test_ape_with_the_served_model_as_proposer_and_target(server, tmp_path):
     assert used["vllm:generation_tokens_total"] == target["output_tokens"] + agent["output_tokens"]
     # `usage.prompt_tokens` of an n=2 request counts the prompt once; the server's counter, per choice
     assert used["vllm:prompt_tokens_total"] == target["input_tokens"] + 2 * agent["input_tokens"]
+    # one ledger: both sides' tokens as the server reported them, and the money they cost
+    cost = results["cost"]
+    assert (cost["target_input_tokens"], cost["target_output_tokens"]) == (target["input_tokens"], target["output_tokens"])
+    assert (cost["agent_input_tokens"], cost["agent_output_tokens"]) == (agent["input_tokens"], agent["output_tokens"])
+    assert cost["target_usd"] == pytest.approx(dollars(target, "target")) and cost["agent_usd"] == pytest.approx(dollars(agent, "agent"))
+    assert cost["usd"] == pytest.approx(cost["target_usd"] + cost["agent_usd"])
+    # the plan, made before the run with the model's tokenizer: calls and target tokens within 10 %
+    print(f"\nplan vs cost: calls {plan['target_calls']} vs {cost['target_calls']}, target input tokens "
+          f"{plan['target_input_tokens']} vs {cost['target_input_tokens']}, agent tokens {plan['agent_input_tokens']}/"
+          f"{plan['agent_output_tokens']} vs {cost['agent_input_tokens']}/{cost['agent_output_tokens']}, USD {plan['usd']:.6f} vs {cost['usd']:.6f}")
+    assert plan["exact_tokens"]
+    assert abs(cost["target_calls"] - plan["target_calls"]) <= 0.1 * plan["target_calls"]
+    assert abs(cost["target_input_tokens"] - plan["target_input_tokens"]) <= 0.1 * plan["target_input_tokens"]
+    assert cost["agent_output_tokens"] <= plan["agent_output_tokens"]  # every instruction at most agent.max_new_tokens
+
+
+@pytest.mark.slow
+def test_a_money_budget_stops_training_before_the_step_that_would_pass_it(server, tmp_path):
+    """budget.usd: steps run while the spend so far plus the last step's cost stays within it;
+    then the run checkpoints and does its final evaluation as any finished run."""
+    budget = 0.004  # two or three steps of one proposal (its meta-prompt at $5 per M tokens) scored on 4 inputs
+    args = ape_args(server, "algo.num_candidates=12", "algo.prompts_per_step=1", "checkpoint_every=1",
+                    f"budget.usd={budget}", "agent.chat.price_input=5", "agent.chat.price_output=5")
+    results = run(server, tmp_path, "budget", *args)
+    assert isinstance(results, dict), results.stderr[-3000:]
+    rows = [json.loads(l) for l in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    spent = [r["usd"] for r in rows]
+    steps = len(rows)
+    assert results["stopped_by"] == "budget.usd" and 1 <= steps < 12
+    assert results["proposed"] == steps  # one proposal a step, no more after the stop
+    assert spent[-1] <= budget < spent[-1] + (spent[-1] - (spent[-2] if steps > 1 else 0.0))
+    assert (tmp_path / "budget" / "checkpoints" / f"ckpt-{steps:07d}.pt").exists()
+    assert 0 <= results["test_accuracy"] <= 1 and results["cost"]["usd"] > spent[-1]  # the final evaluation ran, and cost
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_paying_twice(server, tmp_path):
+    """Killed right after its second step's checkpoint and launched again: the resumed run starts
+    at step 2, and its ledger — restored from the checkpoint, then added to — is exactly what the
+    server counted over both sessions: nothing was paid twice, nothing paid went unrecorded."""
+    args = ape_args(server, "algo.num_candidates=4", "algo.prompts_per_step=1", "checkpoint_every=1")
+    before = server.metrics()
+    killed = run(server, tmp_path, "killed", *args, env={"PROMPTRL_CRASH_AT": "after-step:2"})
+    assert not isinstance(killed, dict) and killed.returncode == -signal.SIGKILL, killed
+    resumed = run(server, tmp_path, "killed", *args)
+    assert isinstance(resumed, dict), resumed.stderr[-3000:]
+    used = delta(before, server.metrics())
+    cost = resumed["cost"]
+    rows = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3] and resumed["proposed"] == 4
+    assert used["vllm:prompt_tokens_total"] == cost["target_input_tokens"] + cost["agent_input_tokens"]  # n=1: counted once
+    assert used["vllm:generation_tokens_total"] == cost["target_output_tokens"] + cost["agent_output_tokens"]
+    assert used["vllm:request_success_total"] == resumed["target_usage"]["requests"] + resumed["agent_usage"]["requests"]
 
 
 @pytest.mark.slow

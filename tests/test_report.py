@@ -340,3 +340,29 @@ def test_best_so_far_holds_each_run_at_its_best_to_the_end_so_the_mean_never_fal
     report.plot(runs, [], tmp_path)
     assert drawn == [3]
     assert_valid_png(tmp_path / "best_reward_vs_calls.png")
+
+
+def test_report_puts_groups_side_by_side_at_the_spend_every_run_reached(tmp_path):
+    """--cost UNIT: APE here spends few agent tokens per step and RL many; at equal agent tokens
+    each group's best so far is read where every run has spent as much as the cheapest run's
+    total, never from rows beyond it."""
+    sweep = tmp_path / "sweep"
+    rows = lambda per_step, bests: [{"step": s, "best_reward": b, "reward_mean": b, "target_calls": 10 * (s + 1),
+                                     "agent_output_tokens": per_step * (s + 1)} for s, b in enumerate(bests)]
+    fake_run(sweep / "0", "ape", 0, 0.6, 40, rows(100, [1.0, 2.0, 3.0, 4.0]))  # ends at 400 tokens
+    fake_run(sweep / "1", "ape", 1, 0.6, 40, rows(150, [1.5, 1.5, 2.5, 5.0]))  # ends at 600
+    fake_run(sweep / "2", "appo", 0, 0.6, 40, rows(250, [0.5, 6.0, 7.0, 8.0]))  # ends at 1000
+    r = run_cli("report", str(sweep), "--cost", "agent_output_tokens")
+    assert r.returncode == 0, r.stderr
+    text = (sweep / "report" / "equal_cost_agent_output_tokens.md").read_text()
+    # the level is 400 tokens (run 0's total): ape's bests there 4.0 and 1.5 (its 2.5 at 450 is past it), appo's 0.5
+    assert "at agent_output_tokens = 400" in text.splitlines()[2]
+    ape, appo = (next(l for l in text.splitlines() if l.startswith(f"| sst2 | {a} |")) for a in ("ape", "appo"))
+    assert "| 2.750 [" in ape and "| 0.500 |" in appo
+    assert_valid_png(sweep / "report" / "best_reward_vs_agent_output_tokens.png")
+    old = tmp_path / "old"
+    fake_run(old / "0", "ape", 0, 0.6, 40, [{"step": 0, "best_reward": 1.0, "target_calls": 10}])
+    r = run_cli("report", str(old), "--cost", "usd")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "promptrl: error: report: --cost usd: no run logs 'usd' in its metrics rows (runs from before the cost ledger, or "
+        "an algorithm without it); expected one of " + ", ".join(__import__("promptrl.report", fromlist=["x"]).COST_UNITS)]

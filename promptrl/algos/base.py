@@ -27,6 +27,7 @@ from promptrl.agent import Agent
 from promptrl.checkpoint import load_latest_checkpoint, save_checkpoint
 from promptrl.errors import UserError
 from promptrl.evaluate import final_evaluation
+from promptrl.faults import crash_point
 from promptrl.interrupts import Interrupted, StopRequests
 from promptrl.prompt_queue import PromptQueue
 from promptrl.prompts import format_demos, user_message
@@ -219,6 +220,7 @@ class PromptOptimizer:
                     self.elapsed += time.time() - start
                     start = time.time()
                     self.save()
+                crash_point("after-step")
                 if stop.signum:
                     self.elapsed += time.time() - start
                     raise Interrupted(stop.signum, self.stopped_message(stop.signum))
