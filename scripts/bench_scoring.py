@@ -225,9 +225,9 @@ def rl_steps(threads: int, agent_backend: str, agent_dtype: str, estimators: lis
         agent = build_agent(cfg, 0, engine=engine)
         trainer = get_class(cfg.algo._target_)(cfg.algo, task, scorer, agent, None, seed=0, checkpoint_every=0,
                                                progress=False)
-        sampled = []
-        sample = agent.sample
-        agent.sample = lambda *a, _s=sample, _k=sampled, **k: _k.append(_s(*a, **k)) or _k[-1]  # keep the step's samples
+        sampled = []  # the step's sample groups (one: the bench's step has one meta-prompt)
+        sample_groups = agent.sample_groups
+        agent.sample_groups = lambda *a, _s=sample_groups, _k=sampled, **k: _k.extend(_s(*a, **k)) or _k[-1:]
         runs[name] = (cfg, task, scorer, agent, trainer, sampled)
     rows = []
     for step in range(steps + 1):
