@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from promptrl.prompts import (
     APE_RESAMPLE_PREFIX,
@@ -276,6 +276,8 @@ class LoggerConfig:
 # RL algorithms train the agent at the agent's own rate (AgentConfig.rl_learning_rate); a config
 # built from the dataclass alone (no `agent` node, as in unit tests) falls back to the paper's 1e-5.
 AGENT_RL_LEARNING_RATE = "${oc.select:agent.rl_learning_rate,1e-5}"
+# `${times:4,${...}}`: a multiple of another setting (conf/algo/grpo.yaml's rate is 4x the agent's)
+OmegaConf.register_new_resolver("times", lambda factor, value: float(factor) * float(value), replace=True)
 
 
 @dataclass

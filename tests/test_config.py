@@ -47,9 +47,14 @@ def test_experiments_set_top_level_keys(overrides, expected):
 
 
 @pytest.mark.parametrize("agent", AGENTS)
-def test_every_rl_algorithm_trains_an_agent_at_the_same_rate(agent):
+def test_every_rl_algorithm_trains_an_agent_at_the_agents_rate(agent):
+    """The PPO family at the agent's rl_learning_rate; GRPO, one Adam step per batch where they
+    take four, at four times it (conf/algo/grpo.yaml's pilot) — for every agent, not a fixed number."""
     rates = {algo: composed(f"agent={agent}", f"algo={algo}").algo.learning_rate for algo in RL_ALGOS}
-    assert set(rates.values()) == {composed(f"agent={agent}").agent.rl_learning_rate}, rates
+    rate = composed(f"agent={agent}").agent.rl_learning_rate
+    assert rates.pop("grpo") == pytest.approx(4 * rate)
+    assert set(rates.values()) == {rate}, rates
+    assert composed(f"agent={agent}", "algo=grpo", "algo.learning_rate=3e-5").algo.learning_rate == 3e-5
 
 
 def test_the_embedded_agent_trains_faster_than_the_papers_and_an_override_wins():
