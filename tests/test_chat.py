@@ -391,11 +391,14 @@ def test_a_money_budget_stops_training_before_the_step_that_would_pass_it(server
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_without_paying_twice(server, tmp_path):
-    """Killed right after its second step's checkpoint and launched again: the resumed run starts
-    at step 2, and its ledger — restored from the checkpoint, then added to — is exactly what the
-    server counted over both sessions: nothing was paid twice, nothing paid went unrecorded."""
-    args = ape_args(server, "algo.num_candidates=4", "algo.prompts_per_step=1", "checkpoint_every=1")
+def test_a_short_ape_run_killed_and_resumed_pays_the_target_once(server, tmp_path):
+    """APE with the local agent proposing and the served model as target, killed right after its
+    second step's checkpoint and launched again: it resumes at step 2, and its ledger — restored
+    from the checkpoint, then added to — holds exactly what the server counted over both sessions
+    (nothing paid twice, nothing paid unrecorded), beside the agent's own sampled tokens."""
+    args = ["train", "algo=ape", "algo.num_candidates=4", "algo.prompts_per_step=1", "algo.eval_examples=4",
+            "algo.queue_size=1", "task.max_test_examples=4", "agent.max_new_tokens=24", "checkpoint_every=1",
+            *chat_args(server, *PRICES["target"])]
     before = server.metrics()
     killed = run(server, tmp_path, "killed", *args, env={"PROMPTRL_CRASH_AT": "after-step:2"})
     assert not isinstance(killed, dict) and killed.returncode == -signal.SIGKILL, killed
@@ -405,9 +408,13 @@ def test_a_killed_run_resumes_without_paying_twice(server, tmp_path):
     cost = resumed["cost"]
     rows = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and resumed["proposed"] == 4
-    assert used["vllm:prompt_tokens_total"] == cost["target_input_tokens"] + cost["agent_input_tokens"]  # n=1: counted once
-    assert used["vllm:generation_tokens_total"] == cost["target_output_tokens"] + cost["agent_output_tokens"]
-    assert used["vllm:request_success_total"] == resumed["target_usage"]["requests"] + resumed["agent_usage"]["requests"]
+    assert used["vllm:prompt_tokens_total"] == cost["target_input_tokens"] == resumed["target_usage"]["input_tokens"]
+    assert used["vllm:generation_tokens_total"] == cost["target_output_tokens"]
+    assert used["vllm:request_success_total"] == resumed["target_usage"]["requests"] == resumed["cache_misses"]
+    assert cost["usd"] == cost["target_usd"] == pytest.approx(dollars(resumed["target_usage"], "target"))
+    # the local agent's tokens are counted by the agent, once per proposal (4, of at most 24 tokens)
+    assert 4 <= cost["agent_output_tokens"] <= 4 * 24 and cost["agent_input_tokens"] > 4 * 50
+    assert cost["agent_usd"] is None  # a local model costs no money
 
 
 @pytest.mark.slow
