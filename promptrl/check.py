@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -204,7 +205,8 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
     """Print the cost plan of every job; nothing is loaded but the tasks' data."""
     from hydra.core.global_hydra import GlobalHydra
 
-    console = Console(soft_wrap=True)
+    # piped or captured, the table keeps its rows on one line each (a terminal wraps it to fit)
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
     runs = earlier_runs(history)
     jobs, tasks = [], {}
     sweeper = None
@@ -229,8 +231,8 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
         j["job"] = " ".join(o for o in j["overrides"] if len(values[o.split("=", 1)[0]]) > 1) or "the run"
     trials = sweeper.get("n_trials") if sweeper is not None and "optuna" in str(sweeper.get("_target_", "")) else None
     table = Table(title="cost plan: target calls (prompt x example scorings), tokens (at most), money and estimated wall time")
-    for col in ("job", "training", "final eval (at most)", "total (at most)", "target tokens in / out", "agent tokens in / out",
-                "USD", "est. time"):
+    for col in ("job", "training", "final eval (≤)", "total (≤)", "target tokens in/out", "agent tokens in/out", "USD",
+                "est. time"):
         table.add_column(col, justify="left" if col == "job" else "right")
     approx = lambda c: "" if c["exact_tokens"] else "≈"
     for i, j in enumerate(jobs):

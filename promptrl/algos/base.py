@@ -29,6 +29,7 @@ from promptrl.errors import UserError
 from promptrl.evaluate import final_evaluation
 from promptrl.faults import crash_point
 from promptrl.interrupts import Interrupted, StopRequests
+from promptrl.ledger import Ledger
 from promptrl.prompt_queue import PromptQueue
 from promptrl.prompts import format_demos, user_message
 from promptrl.scoring import Scorer, reward
@@ -83,8 +84,9 @@ class PromptOptimizer:
                  budget_calls: int | None = None, budget_usd: float | None = None, progress: bool = False):
         self.check_config(cfg)
         self.cfg, self.task, self.scorer, self.agent = cfg, task, scorer, agent
-        # one ledger for the run: the scorer's, shared with the agent (promptrl/ledger.py)
-        self.ledger = scorer.ledger
+        # one ledger for the run: the scorer's, shared with the agent (promptrl/ledger.py); a
+        # stand-in scorer without one (tests) gets a fresh one
+        self.ledger = getattr(scorer, "ledger", None) or Ledger()
         if agent is not None:
             agent.ledger = self.ledger
         self.budget_usd = budget_usd
