@@ -25,13 +25,20 @@ def train(shared_data, *args, crash_at=None):
 def metrics(run):
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     # Times differ, and so does the work the target did: a resumed run finds the scorings of the
-    # steps it repeats in the prompt-score cache (cache counts, tokens processed).
-    return [{k: v for k, v in r.items() if not k.startswith(("time_", "cache_")) and k != "target_tokens"} for r in rows]
+    # steps it repeats in the prompt-score cache (cache counts, tokens processed). Everything else
+    # of the cost ledger — calls, the agent's sampled and trained tokens — is the uninterrupted run's.
+    return [{k: v for k, v in r.items() if not k.startswith(("time_", "cache_")) and k not in TARGET_WORK} for r in rows]
+
+
+TARGET_WORK = {"target_tokens", "target_input_tokens"}
 
 
 def comparable(results):
     drop = {"wall_time_s", "train_time_s", "cache_hits", "cache_misses", "target_tokens"}
-    return {k: v for k, v in results.items() if k not in drop}
+    out = {k: v for k, v in results.items() if k not in drop}
+    if "cost" in out:
+        out["cost"] = {k: v for k, v in out["cost"].items() if not k.startswith("time_") and k not in TARGET_WORK}
+    return out
 
 
 @pytest.fixture(scope="module")
