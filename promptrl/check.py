@@ -269,6 +269,9 @@ def run_plan(conf_dir: str, args: list[str], multirun: bool, history: Path = Pat
 
 def run_check(cfg) -> dict:
     """Print the check; raises UserError (one line) for bad data or settings."""
+    from promptrl.engines import check_agent_backend
+
+    check_agent_backend(cfg, needs_agent=False)  # the refusals `train` would stop with (e.g. RL with a hosted agent)
     console = Console(soft_wrap=True)  # lines stay whole when piped or captured; tables still fit the width
     task = load_task(cfg.task, cfg.seed, cfg.cache_dir)
     console.print(f"[bold]data[/bold]: {task.source}")

@@ -92,6 +92,7 @@ def test_an_unreachable_endpoint_stops_with_one_line():
     (["train", "algo=appo", "agent.backend=chat"], "algo=appo trains the agent (a LoRA adapter on local weights), which "
      "agent.backend=chat cannot; use agent.backend=hf or vllm, or a sampling-only algo (ape, opro, gepa)"),
     (["train", "algo=tte", "agent=openai"], "algo=tte trains the agent"),
+    (["check", "algo=grpo", "agent=openai"], "algo=grpo trains the agent"),  # check refuses what train would
     (["eval", "target=openai", "task.label_words=[' thumbs up',' thumbs down']"], "start alike ('thumbs', 'thumbs')"),
 ])
 def test_bad_chat_settings_are_one_line(args, line, tmp_path):
