@@ -19,6 +19,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from promptrl import progress
@@ -100,12 +101,15 @@ def predict_batch(scorer, task: Task, prompt: str, batch: list[dict]) -> list[di
             out.append(row)
         return out
     examples = [Example(id=f"input/{r['row']}", text=r["input"], label=-1 if r["gold"] is None else r["gold"]) for r in batch]
-    probs = scorer.score([prompt], examples).probs[0]
+    scores = scorer.score([prompt], examples)
+    # A written answer (target.chat.scoring=generate) that names no label is no prediction: null,
+    # every class at 0, wrong where the label is known, not the first class at a uniform 1/C.
+    named = scores.predictions[0] >= 0
+    probs = torch.where(named.unsqueeze(-1), scores.probs[0], torch.zeros_like(scores.probs[0]))
     names = task.label_names or [w.strip() for w in task.label_words]
     out = []
-    for r, p in zip(batch, probs.tolist()):
-        best = max(range(len(p)), key=p.__getitem__)
-        row = {"row": r["row"], "input": r["input"], "prediction": names[best],
+    for r, p, best in zip(batch, probs.tolist(), scores.predictions[0].tolist()):
+        row = {"row": r["row"], "input": r["input"], "prediction": names[best] if best >= 0 else None,
                "probabilities": {str(n): v for n, v in zip(names, p)}}
         if r["gold"] is not None:
             row.update(label=names[r["gold"]], correct=best == r["gold"])

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from promptrl.errors import UserError
-from promptrl.predict import append_rows, csv_text, read_inputs, rows_done
+from promptrl.predict import append_rows, csv_text, predict_batch, read_inputs, rows_done
+from promptrl.scoring import NO_LABEL, ClassificationScores
 from promptrl.tasks import Task
 
 
@@ -67,3 +69,31 @@ def test_the_csv_has_one_row_per_prediction_and_a_column_per_class(tmp_path):
     lines = path.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 3 and lines[2] == "" and "na\u00efve \u2014" in lines[1]  # UTF-8 as it is, the newline escaped
     assert [json.loads(line) for line in lines[:2]] == rows
+
+
+class WrittenAnswers:
+    """Scores as the chat target's scoring=generate gives them: the label each answer names
+    (log-prob 0, the others NO_LABEL), or none at all."""
+
+    def __init__(self, named: list[int | None]):
+        self.named = named
+
+    def score(self, prompts, examples):
+        rows = torch.full((1, len(examples), 2), NO_LABEL)
+        for i, c in enumerate(self.named):
+            if c is not None:
+                rows[0, i, c] = 0.0
+        return ClassificationScores(rows, torch.tensor([ex.label for ex in examples]), answers=True)
+
+
+def test_an_answer_that_names_no_label_is_no_prediction_and_wrong(tmp_path):
+    batch = [{"row": 1, "input": "fine", "gold": 1}, {"row": 2, "input": "dull", "gold": 0},
+             {"row": 3, "input": "odd", "gold": None}]
+    rows = predict_batch(WrittenAnswers([1, None, None]), task(), "Judge it.", batch)
+    assert rows[0]["prediction"] == "thumbs up" and rows[0]["correct"] is True
+    assert rows[0]["probabilities"] == {"thumbs down": 0.0, "thumbs up": 1.0}
+    # not "thumbs down" (the first class) at 0.5 / 0.5, and not right by that accident
+    assert rows[1]["prediction"] is None and rows[1]["correct"] is False
+    assert rows[1]["probabilities"] == {"thumbs down": 0.0, "thumbs up": 0.0}
+    assert rows[2]["prediction"] is None and "correct" not in rows[2]
+    assert csv_text(rows, task()).splitlines()[2] == "2,dull,,thumbs down,False,0.000000,0.000000"
