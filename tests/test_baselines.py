@@ -220,6 +220,7 @@ def test_ape_ucb_bonus_is_scaled_to_the_tasks_reward_range():
     cls = Task(name="cls", kind="classification", template="{prompt} {input}", label_words=[" a", " b"],
                metric="accuracy", manual_prompt="", train=ex, dev=ex, test=ex)
     assert reward_range(cls, 10.0, -0.1) == pytest.approx(10.1)
+    assert reward_range(cls, 10.0, -0.1, answers=True) == 10.0  # written answers: no margin
 
 
 def test_opro_logs_each_new_instructions_parents_the_instructions_its_meta_prompt_showed(tmp_path):

@@ -71,6 +71,27 @@ def test_gepa_keeps_the_better_reflection_and_counts_calls_as_gepa_does(tmp_path
     assert g.summary()["gepa_metric_calls"] == scorer.calls
 
 
+def test_a_perfect_score_is_the_best_reward_the_targets_scores_allow(tmp_path, monkeypatch):
+    """skip_perfect_score compares a minibatch with GEPA's perfect_score: with written answers (a
+    chat target, scoring=generate) there is no margin, so all right is c_a, not c_a + c_s."""
+    import gepa as library
+
+    seen = []
+
+    def optimize(**kwargs):
+        seen.append(kwargs["perfect_score"])
+        raise KeyboardInterrupt  # enough: the search itself is the library's
+
+    monkeypatch.setattr(library, "optimize", optimize)
+    task = toy_task()
+    for answers in (False, True):
+        scorer = QualityScorer(task, {})
+        scorer.answers = answers
+        with pytest.raises(KeyboardInterrupt):
+            GEPA(cfg(), task, scorer, ScriptedAgent([]), tmp_path / str(answers), budget_calls=40).run()
+    assert seen == [pytest.approx(10.1), 10.0]
+
+
 def test_gepa_logs_each_candidates_id_and_parents_as_it_joins_the_pool(tmp_path):
     """Lineage: every candidate GEPA scores on its Pareto set is logged once, with its index as id,
     its parents' indices (none for the seed) and its Pareto-set reward; a parent is always a

@@ -138,7 +138,7 @@ class APE(PromptOptimizer):
             row = self.add_candidates(prompts, score=self.cfg.evaluation == "full")
         elif phase == "ucb":
             # UCB's bonus assumes rewards in [0, 1]; generation rewards already are
-            scale = reward_range(self.task, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef)
+            scale = reward_range(self.task, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef, self.scorer.answers)
             picked = ucb_pick(self.stats, prompts_per_round(self.cfg.ucb_prompts_per_round, len(self.stats)),
                               self.cfg.ucb_exploration, self.rng, scale)
             examples = self.rng.sample(self.task.train, min(self.cfg.ucb_examples_per_round, len(self.task.train)))

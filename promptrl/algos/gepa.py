@@ -165,7 +165,7 @@ class GEPA(PromptOptimizer):
             reflection_lm=self.reflect, reflection_prompt_template=self.cfg.reflection_prompt_template,
             candidate_selection_strategy=self.cfg.candidate_selection_strategy,
             reflection_minibatch_size=self.cfg.reflection_minibatch_size,
-            perfect_score=reward_range(self.task, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef),
+            perfect_score=reward_range(self.task, self.cfg.reward_acc_coef, self.cfg.reward_margin_coef, self.scorer.answers),
             skip_perfect_score=self.cfg.skip_perfect_score,
             use_merge=self.cfg.use_merge, max_merge_invocations=self.cfg.max_merge_invocations,
             max_metric_calls=self.max_metric_calls, stop_callbacks=[lambda state: self.budget_spent()],

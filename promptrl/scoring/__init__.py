@@ -115,10 +115,14 @@ def reward(scores: ClassificationScores | GenerationScores, acc_coef: float, mar
     return acc_coef * scores.accuracy + margin_coef * scores.margin
 
 
-def reward_range(task: Task, acc_coef: float, margin_coef: float) -> float:
+def reward_range(task: Task, acc_coef: float, margin_coef: float, answers: bool = False) -> float:
     """The width of the interval `reward` lives in: |c_a| + |c_s| for classification (accuracy
-    in [0, 1], margin in [-1, 1] mostly near 0), 1 for generation (a metric in [0, 1])."""
-    return 1.0 if task.is_generation else abs(acc_coef) + abs(margin_coef)
+    in [0, 1], margin in [-1, 1] mostly near 0), |c_a| for written answers (no margin), 1 for
+    generation (a metric in [0, 1]). Also the best reward there is where every answer is right
+    and, with probabilities, certain."""
+    if task.is_generation:
+        return 1.0
+    return abs(acc_coef) + (0.0 if answers else abs(margin_coef))
 
 
 @dataclass(frozen=True)
