@@ -106,7 +106,20 @@ def load_run(d: Path) -> Run:
             name, sep, val = str(item).partition("=")
             if sep and not name.startswith("~"):
                 overrides[name.lstrip("+")] = val
-    return Run(d, config, results, rows, overrides)
+    return Run(d, config, results, with_training_minutes(rows), overrides)
+
+
+def with_training_minutes(rows: list[dict]) -> list[dict]:
+    """Each row gets `train_minutes`: the seconds of the steps and dev checks logged up to it
+    (`time_step` + `time_check`), in minutes. Unlike `wall_time_s` it leaves out model loading
+    and the time between a killed session and its resume, so runs resumed over several sessions
+    line up with runs that ran at once. (Rows written before `time_check` existed leave out
+    APPO's dev checks, a few seconds each.)"""
+    seconds = 0.0
+    for row in rows:
+        seconds += sum(float(row[k]) for k in ("time_step", "time_check") if _finite(row.get(k)))
+        row["train_minutes"] = seconds / 60
+    return rows
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -422,11 +435,13 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
     written = []
     figures = [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
                ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png"),
+               ("best_reward", "train_minutes", "best reward so far", "best_reward_vs_time.png"),
                ("response_len", "step", "mean response length (tokens)", "response_len.png"),
                ("entropy", "step", "policy entropy (nats/token)", "entropy.png")]
     with progress.bar("report: drawing plots", total=len(figures) + 1) as bar:
         for y_key, x_key, title, fname in figures:
-            if any(row.get(y_key) is not None for members in groups.values() for r in members for row in r.rows):
+            if any(row.get(y_key) is not None and (x_key != "train_minutes" or row.get(x_key, 0) > 0)  # no timed rows: no plot
+                   for members in groups.values() for r in members for row in r.rows):
                 written.append(_plot_curve(groups, y_key, x_key, title, out / fname, smooth, plt))
             # else: APE and OPRO have no policy, so no response-length or entropy rows
             bar.advance()
@@ -460,7 +475,7 @@ def _plot_curve(groups: dict[str, list[Run]], y_key: str, x_key: str, title: str
             continue
         line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-    ax.set_xlabel(x_key.replace("_", " "))
+    ax.set_xlabel("training minutes (steps and dev checks)" if x_key == "train_minutes" else x_key.replace("_", " "))
     ax.set_ylabel(y_key.replace("_", " "))
     smoothed = f", trailing mean of {smooth} steps" if smooth > 1 and y_key != "best_reward" else ""
     ax.set_title(f"{title}{smoothed}; band = min..max over seeds", fontsize=10)

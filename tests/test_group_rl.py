@@ -281,6 +281,9 @@ def test_every_reference_works_with_a_group_estimator(tmp_path, reference):
     decisions = [a["anchor"] for a in trainer.anchor_history]  # two epochs, update_term 1: one check
     if reference == "anchor":
         assert len(decisions) == 1 and decisions[0] in ("update", "rollback", "keep")
+        # the logged check says how long it took (report's training minutes); results keep no times
+        logged = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "anchor" in r]
+        assert len(logged) == 1 and logged[0]["time_check"] > 0 and "time_check" not in trainer.anchor_history[0]
         # the rollback path restores the policy from the anchor and clears Adam, with no head to copy
         trainer.scorer = StubScorer(trainer.task, n_good=trainer.cfg.anchor_eval_prompts, last=True)
         perturb_policy_lora(trainer.agent)

@@ -76,6 +76,27 @@ def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     assert by_seed.returncode == 0 and "seed" in (tmp_path / "by-seed" / "report.md").read_text()
 
 
+def test_training_minutes_add_up_the_steps_and_dev_checks_a_run_logged(tmp_path):
+    """best_reward_vs_time.png's axis: each row's time_step and time_check summed up to it, so a
+    run resumed after a pause lines up with one that ran at once; runs without timed rows get
+    no such plot."""
+    from promptrl.report import load_run, plot
+
+    rows = [{"step": 0, "reward_mean": 1.0, "best_reward": 1.0, "target_calls": 8, "time_step": 30.0},
+            {"step": 1, "reward_mean": 2.0, "best_reward": 2.0, "target_calls": 16, "time_step": 60.0},
+            {"step": 1, "anchor": "keep", "policy_dev_acc": 0.5, "time_check": 6.0},
+            {"step": 2, "reward_mean": 1.5, "best_reward": 2.0, "target_calls": 24, "time_step": 24.0}]
+    fake_run(tmp_path / "timed", "appo", 0, 0.7, 24, rows)
+    run = load_run(tmp_path / "timed")
+    assert [r["train_minutes"] for r in run.rows] == pytest.approx([0.5, 1.5, 1.6, 2.0])
+    written = plot([run], ["algo.name"], tmp_path)
+    assert tmp_path / "best_reward_vs_time.png" in written
+    assert_valid_png(tmp_path / "best_reward_vs_time.png")
+    fake_run(tmp_path / "untimed", "appo", 0, 0.7, 24, [{k: v for k, v in r.items() if not k.startswith("time")} for r in rows])
+    (tmp_path / "out").mkdir()
+    assert (tmp_path / "out" / "best_reward_vs_time.png") not in plot([load_run(tmp_path / "untimed")], ["algo.name"], tmp_path / "out")
+
+
 def test_report_bad_arguments_are_one_line(tmp_path):
     r = run_cli("report", str(tmp_path / "nothing-here"))
     assert r.returncode == 2 and r.stderr.strip().startswith("promptrl: error: report:") and "matches no file" in r.stderr

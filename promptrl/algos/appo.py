@@ -419,11 +419,13 @@ class APPOTrainer(PromptOptimizer):
         # anyway, and the budget must bound every method alike.
         fits = self.budget_calls is None or self.scorer.calls + self.anchor_check_calls() <= self.budget_calls
         if self.epoch % self.cfg.update_term == 0 and fits and self.anchor_check_matters():
+            started = time.time()
             decision = self.anchor_check()
             if decision:
                 decision.update(step=self.step, epoch=self.epoch - 1, target_calls=self.scorer.calls)
                 self.anchor_history.append(decision)
-                self.log(decision)
+                # time_check: the dev comparison's seconds, which no step's time_step holds
+                self.log({**decision, "time_check": time.time() - started})
 
     def progress_info(self, row: dict) -> str:
         last_dev = next((a["policy_dev_acc"] for a in reversed(self.anchor_history) if "policy_dev_acc" in a), float("nan"))
