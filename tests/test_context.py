@@ -121,3 +121,27 @@ def test_an_agent_query_longer_than_its_context_is_refused():
     with pytest.raises(UserError, match=r"the agent's query is \d+ tokens \+ agent.max_new_tokens=100 = \d+, more than "
                                         r"the agent's context of 1024 tokens; use fewer demonstrations \(algo.num_demos\)"):
         agent.query_ids(" ".join(["input : great"] * 320), "the instruction was")
+
+
+@pytest.mark.parametrize("algo", ["appo", "ape", "tte"])
+def test_a_training_example_too_long_for_the_agents_query_stops_the_run_before_its_first_step(tmp_path, algo):
+    """One long example among short ones: most draws of demonstrations fit, the one that picks it
+    would not. The trainer refuses at its start, whatever its rng would draw, not steps later."""
+    from omegaconf import OmegaConf
+
+    from promptrl.algos.ape import APE
+    from promptrl.algos.appo import APPOTrainer
+    from promptrl.algos.tte import TTETrainer
+    from promptrl.config import APEConfig, APPOConfig, TTEConfig
+
+    from test_agent_trainer import StubScorer, make_agent, toy_task
+
+    trainer, config = {"appo": (APPOTrainer, APPOConfig), "ape": (APE, APEConfig), "tte": (TTETrainer, TTEConfig)}[algo]
+    cfg = OmegaConf.merge(OmegaConf.structured(config), {"num_demos": 2})
+    task = toy_task()
+    agent = make_agent(max_new_tokens=100, value_heads=algo != "ape")
+    trainer(cfg, task, StubScorer(task), agent, tmp_path)  # short examples: it starts
+    task.train[3] = Example(id="x/long", text=" ".join(["great"] * 900), label=1)
+    with pytest.raises(UserError, match=r"the agent's query is \d+ tokens \+ agent.max_new_tokens=100 = \d+, more than "
+                                        r"the agent's context of 1024 tokens"):
+        trainer(cfg, task, StubScorer(task), agent, tmp_path)

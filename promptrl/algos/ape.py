@@ -83,6 +83,7 @@ def prompts_per_round(setting: float, candidates: int) -> int:
 class APE(PromptOptimizer):
     validate = staticmethod(validate)
     samples_agent_only = True  # the agent only proposes: agent.backend=chat may serve it
+    draws_demo_queries = True
 
     def __init__(self, cfg, task, scorer, agent, out_dir, **kwargs):
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)

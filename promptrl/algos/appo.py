@@ -145,6 +145,7 @@ class Pass(NamedTuple):
 
 class APPOTrainer(PromptOptimizer):
     validate = staticmethod(validate)
+    draws_demo_queries = True
 
     def __init__(self, cfg, task: Task, scorer: Scorer, agent: Agent, out_dir: Path | None, **kwargs):
         super().__init__(cfg, task, scorer, agent, out_dir, **kwargs)

@@ -103,6 +103,7 @@ class PromptOptimizer:
         self.queue = PromptQueue(cfg.queue_size)
         self.step = 0  # steps done
         self.elapsed = 0.0  # wall time of earlier sessions of this run
+        self.check_longest_query()
 
     # --- the plan, before anything runs (`promptrl check`) -------------------------------------
     @classmethod
@@ -168,6 +169,31 @@ class PromptOptimizer:
         echoed dev demonstrations would get them right there for free."""
         demos = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
         return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
+
+    draws_demo_queries = False  # True: queries are `demo_query`'s (the meta-prompt and k drawn demonstrations)
+
+    def longest_query_message(self) -> str | None:
+        """The agent's user message with the longest demonstrations it can be shown (None: this
+        optimiser draws none)."""
+        if not self.draws_demo_queries:
+            return None
+        demos = self.longest_examples(min(self.cfg.num_demos, len(self.task.train)))
+        return user_message(self.cfg.meta_prompt, format_demos(self.task, demos))
+
+    def check_longest_query(self) -> None:
+        """A query past the agent's context is refused (Agent.query_ids); check the longest the
+        draws can make now, so a long example fails the run before its first step rather than
+        whenever a draw first picks it."""
+        message = self.longest_query_message() if self.agent is not None else None
+        if message is not None:
+            self.agent.query_ids(message, self.cfg.instruction_prefix)
+
+    def longest_examples(self, k: int) -> list[Example]:
+        """The k training examples with the longest demonstrations, in the agent's tokens where it
+        has a tokenizer (a hosted proposer: characters). Draws nothing from the run's rng."""
+        tokenizer = getattr(self.agent, "tokenizer", None)
+        size = (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])) if tokenizer is not None else len
+        return sorted(self.task.train, key=lambda e: size(format_demos(self.task, [e])), reverse=True)[:k]
 
     def train_subset(self, n: int | None) -> list[Example]:
         """A fixed, seeded subset of n training examples (all of them for None), in id order."""

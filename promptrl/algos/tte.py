@@ -36,6 +36,11 @@ class TTETrainer(APPOTrainer):
         demos = self.rng.sample(pool, min(self.cfg.num_demos, len(pool)))
         return tte_message(self.cfg.meta_prompt, format_demos(self.task, demos), self.cfg.current_input_label, example.text)
 
+    def longest_query_message(self) -> str:
+        longest = self.longest_examples(min(self.cfg.num_demos, len(self.task.train) - 1) + 1)  # demos + the input
+        return tte_message(self.cfg.meta_prompt, format_demos(self.task, longest[1:]), self.cfg.current_input_label,
+                           longest[0].text)
+
     def tte_query(self, example: Example) -> torch.Tensor:
         return self.agent.query_ids(self.tte_message(example), self.cfg.instruction_prefix)
 
