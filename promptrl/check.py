@@ -271,7 +271,12 @@ def run_check(cfg) -> dict:
     """Print the check; raises UserError (one line) for bad data or settings."""
     from promptrl.engines import check_agent_backend
 
-    check_agent_backend(cfg, needs_agent=False)  # the refusals `train` would stop with (e.g. RL with a hosted agent)
+    try:
+        uses_agent = get_class(cfg.algo._target_).needs_agent
+    except (ImportError, AttributeError):
+        uses_agent = False  # `plan` below names an unimportable algo
+    if uses_agent:  # the refusals `train` would stop with (e.g. RL with a hosted agent), where train checks them
+        check_agent_backend(cfg, needs_agent=False)
     console = Console(soft_wrap=True)  # lines stay whole when piped or captured; tables still fit the width
     task = load_task(cfg.task, cfg.seed, cfg.cache_dir)
     console.print(f"[bold]data[/bold]: {task.source}")

@@ -101,6 +101,12 @@ def test_bad_chat_settings_are_one_line(args, line, tmp_path):
     assert line in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+def test_check_leaves_the_agent_alone_where_train_does(tmp_path):
+    """algo=manual uses no agent: train never looks at agent.backend, so check does not either."""
+    r = run_cli("check", "algo=manual", "agent.backend=tgi", data=SHARED_DATA, env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "check passed" in r.stdout, r.stderr[-2000:]
+
+
 def test_the_plan_and_the_key_need_no_server_and_no_tokenizer(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
     cfg = eval_cfg("target=openai")

@@ -124,13 +124,14 @@ def test_an_agent_query_longer_than_its_context_is_refused():
 
 
 @pytest.mark.parametrize("algo", ["appo", "ape", "tte"])
-def test_a_training_example_too_long_for_the_agents_query_stops_the_run_before_its_first_step(tmp_path, algo):
+def test_a_training_example_too_long_for_the_agents_query_stops_the_run_before_its_first_step(tmp_path, algo, monkeypatch):
     """One long example among short ones: most draws of demonstrations fit, the one that picks it
     would not. The trainer refuses at its start, whatever its rng would draw, not steps later."""
     from omegaconf import OmegaConf
 
     from promptrl.algos.ape import APE
     from promptrl.algos.appo import APPOTrainer
+    from promptrl.algos.base import PromptOptimizer
     from promptrl.algos.tte import TTETrainer
     from promptrl.config import APEConfig, APPOConfig, TTEConfig
 
@@ -140,8 +141,37 @@ def test_a_training_example_too_long_for_the_agents_query_stops_the_run_before_i
     cfg = OmegaConf.merge(OmegaConf.structured(config), {"num_demos": 2})
     task = toy_task()
     agent = make_agent(max_new_tokens=100, value_heads=algo != "ape")
-    trainer(cfg, task, StubScorer(task), agent, tmp_path)  # short examples: it starts
-    task.train[3] = Example(id="x/long", text=" ".join(["great"] * 900), label=1)
+    started = trainer(cfg, task, StubScorer(task), agent, tmp_path)  # short examples: it starts
+    with monkeypatch.context() as m:  # the check draws nothing: the run's draws are what they were without it
+        m.setattr(PromptOptimizer, "check_longest_query", lambda self: None)
+        assert started.rng.getstate() == trainer(cfg, task, StubScorer(task), agent, tmp_path).rng.getstate()
+    task.train = [*task.train[:3], Example(id="x/long", text=" ".join(["great"] * 900), label=1), *task.train[4:]]
     with pytest.raises(UserError, match=r"the agent's query is \d+ tokens \+ agent.max_new_tokens=100 = \d+, more than "
                                         r"the agent's context of 1024 tokens"):
         trainer(cfg, task, StubScorer(task), agent, tmp_path)
+
+
+def test_tte_checks_the_inputs_it_writes_prompts_for_at_the_end_too(tmp_path):
+    """TTE's query holds the input itself: a long test input (the final evaluation's) is refused
+    at the start, not after training; a training input is paired with the others' demonstrations."""
+    from omegaconf import OmegaConf
+
+    from promptrl.algos.tte import TTETrainer
+    from promptrl.config import TTEConfig
+
+    from test_agent_trainer import StubScorer, make_agent, toy_task
+
+    cfg = OmegaConf.merge(OmegaConf.structured(TTEConfig), {"num_demos": 1})
+    agent = make_agent(max_new_tokens=100)
+    task = toy_task()
+    task.test = [*task.test, Example(id="test/long", text=" ".join(["great"] * 900), label=1)]
+    with pytest.raises(UserError, match=r"more than the agent's context of 1024 tokens"):
+        TTETrainer(cfg, task, StubScorer(task), agent, tmp_path)
+    # two long training examples: each alone fits, but either one's query shows the other as its demonstration
+    task = toy_task()
+    long = lambda i: Example(id=f"x/long{i}", text=" ".join(["great"] * 450), label=1)
+    task.train = [long(0), *task.train[1:]]
+    TTETrainer(cfg, task, StubScorer(task), agent, tmp_path)
+    task.train = [long(0), long(1), *task.train[2:]]
+    with pytest.raises(UserError, match=r"more than the agent's context of 1024 tokens"):
+        TTETrainer(cfg, task, StubScorer(task), agent, tmp_path)

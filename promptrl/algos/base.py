@@ -170,30 +170,38 @@ class PromptOptimizer:
         demos = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
         return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
 
-    draws_demo_queries = False  # True: queries are `demo_query`'s (the meta-prompt and k drawn demonstrations)
+    # True: queries are `demo_query`'s, the meta-prompt and k demonstrations drawn from train.
+    # (OPRO's also show earlier instructions, which grow; Agent.query_ids still refuses when they pass.)
+    draws_demo_queries = False
 
     def longest_query_message(self) -> str | None:
         """The agent's user message with the longest demonstrations it can be shown (None: this
         optimiser draws none)."""
         if not self.draws_demo_queries:
             return None
-        demos = self.longest_examples(min(self.cfg.num_demos, len(self.task.train)))
+        sizes = self.demo_sizes()
+        demos = sorted(self.task.train, key=lambda e: sizes[e.id], reverse=True)[:self.cfg.num_demos]
         return user_message(self.cfg.meta_prompt, format_demos(self.task, demos))
 
     def check_longest_query(self) -> None:
         """A query past the agent's context is refused (Agent.query_ids); check the longest the
-        draws can make now, so a long example fails the run before its first step rather than
-        whenever a draw first picks it."""
-        message = self.longest_query_message() if self.agent is not None else None
+        draws can make now, so a long example stops the run before its first step rather than
+        whenever a draw first picks it. Draws nothing from the run's rng. A hosted proposer
+        (no tokenizer, no context known here) is not checked."""
+        if getattr(self.agent, "tokenizer", None) is None:
+            return
+        message = self.longest_query_message()
         if message is not None:
             self.agent.query_ids(message, self.cfg.instruction_prefix)
 
-    def longest_examples(self, k: int) -> list[Example]:
-        """The k training examples with the longest demonstrations, in the agent's tokens where it
-        has a tokenizer (a hosted proposer: characters). Draws nothing from the run's rng."""
-        tokenizer = getattr(self.agent, "tokenizer", None)
-        size = (lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])) if tokenizer is not None else len
-        return sorted(self.task.train, key=lambda e: size(format_demos(self.task, [e])), reverse=True)[:k]
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Each text's length in the agent's tokens (one batched call)."""
+        return [len(ids) for ids in self.agent.tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+    def demo_sizes(self) -> dict[str, int]:
+        """Each training example's demonstration, in the agent's tokens, by example id."""
+        train = self.task.train
+        return dict(zip((e.id for e in train), self.token_counts([format_demos(self.task, [e]) for e in train])))
 
     def train_subset(self, n: int | None) -> list[Example]:
         """A fixed, seeded subset of n training examples (all of them for None), in id order."""

@@ -212,9 +212,6 @@ class Rows:
         parents = [str(p) for p in event.get("parent_ids") or [] if p is not None]
         self.pending.append((str(event["candidate_idx"]), prompt, parents, score))
 
-    def on_iteration_start(self, event) -> None:
-        self.started = time.time()
-
     def on_iteration_end(self, event) -> None:
         state = event["state"]
         self.write({"gepa_iteration": event["iteration"], "accepted": bool(event["proposal_accepted"]),
@@ -236,6 +233,7 @@ class Rows:
             self.pending = []
         row.update(target_calls=scorer.calls, target_tokens=scorer.tokens, cache_hits=scorer.cache_hits,
                    cache_misses=scorer.cache_misses, best_reward=t.best_reward(), time_step=time.time() - self.started)
+        self.started = time.time()  # a row's time_step is all since the last row: the seed's scoring is in the first
         t.log(row)
         t.step += 1
 

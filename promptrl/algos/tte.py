@@ -37,9 +37,18 @@ class TTETrainer(APPOTrainer):
         return tte_message(self.cfg.meta_prompt, format_demos(self.task, demos), self.cfg.current_input_label, example.text)
 
     def longest_query_message(self) -> str:
-        longest = self.longest_examples(min(self.cfg.num_demos, len(self.task.train) - 1) + 1)  # demos + the input
-        return tte_message(self.cfg.meta_prompt, format_demos(self.task, longest[1:]), self.cfg.current_input_label,
-                           longest[0].text)
+        """The longest TTE query: over every input it will write a prompt for (train in training,
+        dev at anchor checks, test at the end), its text plus the k longest demonstrations other
+        than itself."""
+        demo = self.demo_sizes()
+        k = min(self.cfg.num_demos, len(self.task.train) - 1)
+        top = sorted(self.task.train, key=lambda e: demo[e.id], reverse=True)[:k + 1]
+        demos_for = lambda e: [d for d in top if d.id != e.id][:k]  # tte_message's pool leaves the input out
+        inputs = [*self.task.train, *self.task.dev, *self.task.test]
+        size = dict(zip((id(e) for e in inputs), self.token_counts([e.text for e in inputs])))
+        worst = max(inputs, key=lambda e: size[id(e)] + sum(demo[d.id] for d in demos_for(e)))
+        return tte_message(self.cfg.meta_prompt, format_demos(self.task, demos_for(worst)), self.cfg.current_input_label,
+                           worst.text)
 
     def tte_query(self, example: Example) -> torch.Tensor:
         return self.agent.query_ids(self.tte_message(example), self.cfg.instruction_prefix)
