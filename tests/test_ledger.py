@@ -80,7 +80,10 @@ def test_a_phase_inside_another_is_counted_once():
 
 
 def test_the_ledger_survives_a_checkpoint(tmp_path):
+    from promptrl.scoring.cache import ScoreCache
+
     trainer = start(make_trainer(tmp_path), tmp_path)
+    trainer.scorer.cache = ScoreCache(tmp_path / "cache", "ns")
     trainer.run()
     before = trainer.cost()
     again = make_trainer(tmp_path)
@@ -89,6 +92,9 @@ def test_the_ledger_survives_a_checkpoint(tmp_path):
     after = again.cost()
     assert {k: after[k] for k in COUNTS} == {k: before[k] for k in COUNTS}
     assert after["time_spent_update"] == pytest.approx(before["time_spent_update"], abs=1e-3)
+    # the score cache's counts are the run's too, not the resumed session's
+    assert (again.scorer.cache_hits, again.scorer.cache_misses) == (trainer.scorer.cache_hits, trainer.scorer.cache_misses)
+    assert trainer.scorer.cache_hits + trainer.scorer.cache_misses > 0
 
 
 def test_the_trainer_shares_one_ledger_with_scorer_and_agent(tmp_path):

@@ -299,6 +299,7 @@ class PromptOptimizer:
             # sampling on a GPU draws from the CUDA generator; without it a resumed run would diverge
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "target_calls": self.scorer.calls, "target_tokens": self.scorer.tokens,
+            "cache_hits": self.scorer.cache_hits, "cache_misses": self.scorer.cache_misses,
             "ledger": self.ledger.state_dict(self.scorer, self.agent), "last_step_usd": self.last_step_usd,
             "extra": self.extra_state(),
         }
@@ -310,6 +311,9 @@ class PromptOptimizer:
         torch.set_rng_state(state["rng_torch"])
         restore_cuda_rng(state.get("rng_cuda"))
         self.scorer.calls, self.scorer.tokens = state["target_calls"], state["target_tokens"]
+        # the whole run's cache counts (a repeated step's scorings are hits); older checkpoints: this session's
+        self.scorer.cache_hits = state.get("cache_hits", self.scorer.cache_hits)
+        self.scorer.cache_misses = state.get("cache_misses", self.scorer.cache_misses)
         if "ledger" in state:  # checkpoints written before the ledger existed start it at zero
             self.ledger.load_state_dict(state["ledger"], self.scorer, self.agent)
             self.last_step_usd = state["last_step_usd"]
