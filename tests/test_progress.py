@@ -145,7 +145,7 @@ def test_report_shows_a_bar_over_the_runs_read_and_the_figures_drawn(tmp_path):
     sweep = small_sweep(tmp_path / "sweep")
     text = console_text(lambda: report([sweep, "--html"]))
     assert re.search(r"report: reading runs .* 3/3", text), text
-    assert re.search(r"report: drawing plots .* 5/5", text), text  # four curves and the dev accuracy
+    assert re.search(r"report: drawing plots .* 6/6", text), text  # five curves and the dev accuracy
     assert re.search(rf"report: drawing report\.html .* {FIGURES + 3}/{FIGURES + 3}", text), text  # the curves, a lineage per run
     buf = io.StringIO()
     progress.set_enabled(False, Console(file=buf, force_terminal=True, width=160, color_system=None))
