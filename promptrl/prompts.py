@@ -74,10 +74,14 @@ def opro_meta_prompt(history: list[dict], task: Task, exemplars: list[Example], 
         lines.append(f"text:\n{h['prompt']}\nscore:\n{h['score']}\n")
     if exemplars:
         lines.append(OPRO_PROBLEMS)
-        for ex in exemplars:
-            lines.append(f"input:\n{task.render(OPRO_PREFIX, ex.text)}\noutput:\n{task.demo_output(ex)}\n")
+        lines.extend(opro_exemplar(task, ex) for ex in exemplars)
     lines.append(OPRO_FOOTER)
     return "\n".join(lines)
+
+
+def opro_exemplar(task: Task, ex: Example) -> str:
+    """One exemplar as OPRO's meta-prompt shows it: the task template with <INS> in place."""
+    return f"input:\n{task.render(OPRO_PREFIX, ex.text)}\noutput:\n{task.demo_output(ex)}\n"
 
 
 def extract_instruction(text: str, end_tag: str) -> str:

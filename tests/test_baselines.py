@@ -247,9 +247,9 @@ def test_opro_logs_each_new_instructions_parents_the_instructions_its_meta_promp
         shown.append(re.findall(r"text:\n(.*?)\nscore:\n\d+\n", user, flags=re.S))
         return query_ids(user, prefix)
 
-    agent.query_ids = spy
     opro = OPRO(cfg(OPROConfig, steps=3, prompts_per_step=3, max_history=4, initial_prompts=["", "classify the sentiment"]),
                 task, HFScorer(make_model(len(tok)), tok, task, "tiny"), agent, tmp_path)
+    agent.query_ids = spy  # after the start's length check, which queries a stand-in history
     opro.tracker = Tracker(tmp_path, SimpleNamespace(wandb=False))
     opro.run()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

