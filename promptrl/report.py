@@ -106,7 +106,7 @@ def load_run(d: Path) -> Run:
             name, sep, val = str(item).partition("=")
             if sep and not name.startswith("~"):
                 overrides[name.lstrip("+")] = val
-    return Run(d, config, results, with_training_minutes(rows), overrides)
+    return Run(d, config, results, with_samples(with_training_minutes(rows)), overrides)
 
 
 def with_training_minutes(rows: list[dict]) -> list[dict]:
@@ -119,6 +119,19 @@ def with_training_minutes(rows: list[dict]) -> list[dict]:
     for row in rows:
         seconds += sum(float(row[k]) for k in ("time_step", "time_check") if _finite(row.get(k)))
         row["train_minutes"] = seconds / 60
+    return rows
+
+
+def with_samples(rows: list[dict]) -> list[dict]:
+    """Each row that drew instructions from the agent gets `samples`: the instructions drawn up to
+    and including it. Curves over steps misalign arms that draw different numbers a step (APPO 4,
+    GRPO 2 groups of 4); over samples they line up at equal budgets. Anchor checks and APE's UCB
+    rounds score instructions drawn earlier: no `samples` there."""
+    drawn = 0
+    for row in rows:
+        if "anchor" not in row and row.get("phase") != "ucb" and isinstance(row.get("prompts"), list):
+            drawn += len(row["prompts"])
+            row["samples"] = drawn
     return rows
 
 
@@ -433,14 +446,14 @@ def plot(runs: list[Run], by: list[str], out: Path, smooth: int = 1) -> list[Pat
         if searched(r):  # the manual prompt has no search to draw
             groups.setdefault(" / ".join(r.key(by)), []).append(r)
     written = []
-    figures = [("reward_mean", "step", "mean reward of the step's prompts", "reward.png"),
+    figures = [("reward_mean", "samples", "mean reward of the step's prompts", "reward.png"),
                ("best_reward", "target_calls", "best reward so far", "best_reward_vs_calls.png"),
                ("best_reward", "train_minutes", "best reward so far", "best_reward_vs_time.png"),
-               ("response_len", "step", "mean response length (tokens)", "response_len.png"),
-               ("entropy", "step", "policy entropy (nats/token)", "entropy.png")]
+               ("response_len", "samples", "mean response length (tokens)", "response_len.png"),
+               ("entropy", "samples", "policy entropy (nats/token)", "entropy.png")]
     with progress.bar("report: drawing plots", total=len(figures) + 1) as bar:
         for y_key, x_key, title, fname in figures:
-            if any(row.get(y_key) is not None and (x_key != "train_minutes" or row.get(x_key, 0) > 0)  # no timed rows: no plot
+            if any(row.get(y_key) is not None and row.get(x_key) is not None and (x_key != "train_minutes" or row[x_key] > 0)
                    for members in groups.values() for r in members for row in r.rows):
                 written.append(_plot_curve(groups, y_key, x_key, title, out / fname, smooth, plt))
             # else: APE and OPRO have no policy, so no response-length or entropy rows
@@ -475,7 +488,8 @@ def _plot_curve(groups: dict[str, list[Run]], y_key: str, x_key: str, title: str
             continue
         line, = ax.plot(xs, mean, label=f"{label} (n={len(members)})", color=f"C{i % 10}")  # one colour per group in every plot
         ax.fill_between(xs, lo, hi, alpha=0.2, color=line.get_color())
-    ax.set_xlabel("training minutes (steps and dev checks)" if x_key == "train_minutes" else x_key.replace("_", " "))
+    ax.set_xlabel({"train_minutes": "training minutes (steps and dev checks)",
+                   "samples": "instructions sampled"}.get(x_key, x_key.replace("_", " ")))
     ax.set_ylabel(y_key.replace("_", " "))
     smoothed = f", trailing mean of {smooth} steps" if smooth > 1 and y_key != "best_reward" else ""
     ax.set_title(f"{title}{smoothed}; band = min..max over seeds", fontsize=10)

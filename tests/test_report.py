@@ -55,7 +55,8 @@ def test_report_of_eval_runs_groups_by_task_and_draws_nothing(tmp_path):
 
 def test_report_groups_seeds_counts_failures_and_plots(tmp_path):
     sweep = tmp_path / "sweep"
-    steps = lambda base: [{"step": s, "reward_mean": base + s, "best_reward": base + s, "target_calls": 64 * (s + 1)} for s in range(3)]
+    steps = lambda base: [{"step": s, "reward_mean": base + s, "best_reward": base + s, "target_calls": 64 * (s + 1),
+                           "prompts": ["a", "b"]} for s in range(3)]
     fake_run(sweep / "0", "appo", 0, 0.70, 1024, steps(1) + [{"step": 2, "anchor": "update", "policy_dev_acc": 0.8}])
     fake_run(sweep / "1", "appo", 1, 0.80, 1000, steps(2) + [{"step": 2, "anchor": "rollback", "policy_dev_acc": 0.6}])
     fake_run(sweep / "2", "ape", 0, 0.65, 1024, steps(0))
@@ -214,6 +215,25 @@ def test_t_interval_and_paired_comparison_match_hand_computed_values():
     assert math.isnan(t_interval([0.5])[1]) and math.isnan(paired_comparison([0.6, 0.6], [0.5, 0.5]).t_p)  # no spread: no p
 
 
+def test_per_step_curves_are_drawn_over_instructions_sampled_so_arms_of_different_step_sizes_line_up():
+    """reward/entropy/response-length curves use `samples`: the instructions drawn so far. An APPO
+    step draws 4, a GRPO step 8; their 100th sample is step 25 for one and 12 for the other. Anchor
+    checks and APE's UCB rounds draw none and get no point."""
+    from pathlib import Path
+
+    from promptrl.report import Run, curve, with_samples
+
+    appo = with_samples([{"step": s, "entropy": 3.0 - s, "prompts": ["p"] * 4} for s in range(4)]
+                        + [{"step": 3, "anchor": "keep", "prompts": ["best"], "entropy": 9.0}])
+    grpo = with_samples([{"step": s, "entropy": 2.0 - s, "prompts": ["p"] * 8} for s in range(2)])
+    assert [r.get("samples") for r in appo] == [4, 8, 12, 16, None] and [r["samples"] for r in grpo] == [8, 16]
+    xs, mean, _, _ = curve([Run(Path("."), {}, {}, rows=appo)], "samples", "entropy")
+    assert xs == [4, 8, 12, 16] and mean == [3.0, 2.0, 1.0, 0.0]  # the anchor row is no sample
+    ape = with_samples([{"step": 0, "phase": "propose", "prompts": ["a", "b"]}, {"step": 1, "phase": "ucb", "prompts": ["a"]},
+                        {"step": 2, "phase": "resample", "prompts": ["c"]}])
+    assert [r.get("samples") for r in ape] == [2, None, 3]
+
+
 def test_smoothed_curve_averages_each_run_over_its_trailing_steps_before_the_band():
     from pathlib import Path
 
@@ -241,7 +261,7 @@ def test_report_compares_arms_paired_by_seed_from_the_hydra_overrides(tmp_path):
         for seed, acc in enumerate(values):
             d = sweep / f"+arm={arm},seed={seed}"
             rows = [{"step": s, "reward_mean": acc + s, "best_reward": acc + s, "target_calls": 64 * (s + 1),
-                     "response_len": 30.0 - 10 * s, "entropy": 4.0 - s} for s in range(3)]
+                     "response_len": 30.0 - 10 * s, "entropy": 4.0 - s, "prompts": ["a", "b", "c", "d"]} for s in range(3)]
             fake_run(d, "appo", seed, acc, 1024, rows)
             (d / ".hydra").mkdir()
             (d / ".hydra" / "overrides.yaml").write_text(f"- +arm={arm}\n- seed={seed}\n- experiment=study_sst2\n")
